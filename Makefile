@@ -1,0 +1,31 @@
+# One command to install, one to test. Every target bootstraps itself on a fresh clone.
+#   make install   create .venv with torch, detectron2 and this project (editable, test extras)
+#   make test      install if needed, then run the test suite
+# Variables: PYTHON (interpreter that creates the venv), VENV (its location).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.regionclip-installed
+PYTEST_ARGS ?=
+
+.PHONY: install test clean-venv
+
+install: $(STAMP)
+
+# Re-runs only when the dependency lists change; each step is a no-op when already satisfied.
+$(STAMP): setup.py requirements.txt tools/install_detectron2.sh
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch, torchvision" 2>/dev/null \
+		&& echo "[install] torch $$($(PY) -c 'import torch; print(torch.__version__)') already installed" \
+		|| $(PY) -m pip install $(TORCH_SPEC)
+	@bash tools/install_detectron2.sh $(PY)
+	$(PY) -m pip install -e ".[test]"
+	@$(PY) -c "import regionclip; print('[install] regionclip', regionclip.__version__, 'ready')"
+	@touch $(STAMP)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)
