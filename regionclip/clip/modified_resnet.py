@@ -1,0 +1,255 @@
+"""CLIP's "modified ResNet" image tower, written in plain PyTorch.
+
+Module and parameter names follow OpenAI CLIP's visual tower, so the ``visual.*`` entries of an
+OpenAI / open_clip / RegionCLIP checkpoint load 1:1 (after removing the ``visual.`` prefix):
+
+* stem: ``conv1, bn1, conv2, bn2, conv3, bn3, avgpool`` (three 3x3 convs, then a 2x2 average pool);
+* stages ``layer1 .. layer4`` of :class:`Bottleneck` blocks (``conv1..3``, ``bn1..3``, and
+  ``downsample.0`` (1x1 conv) / ``downsample.1`` (norm) when the shortcut needs a projection);
+* ``attnpool`` (:class:`AttentionPool2d`): ``positional_embedding``, ``q_proj``, ``k_proj``,
+  ``v_proj``, ``c_proj``.
+
+Feature names used by :meth:`ModifiedResNet.forward_features` follow detectron2: ``stem`` (stride
+4), ``res2`` = ``layer1`` (stride 4), ``res3`` = ``layer2`` (8), ``res4`` = ``layer3`` (16),
+``res5`` = ``layer4`` (32).
+"""
+from collections import OrderedDict
+from typing import Callable, Dict, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["AttentionPool2d", "Bottleneck", "ModifiedResNet", "FEATURE_NAMES"]
+
+FEATURE_NAMES = ("stem", "res2", "res3", "res4", "res5")
+
+NormLayer = Callable[[int], nn.Module]
+
+
+class Bottleneck(nn.Module):
+    """Anti-aliased ResNet bottleneck (expansion 4) of CLIP.
+
+    All convolutions have stride 1; a stride > 1 is implemented by an average pool placed after the
+    3x3 conv (main branch) and before the 1x1 projection (shortcut).
+
+    Args:
+        in_channels (int): input channels.
+        planes (int): bottleneck width; the block outputs ``4 * planes`` channels.
+        stride (int): spatial down-sampling factor (1 or 2).
+        norm_layer (callable): ``norm_layer(num_channels)`` builds each normalisation layer.
+    """
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, planes: int, stride: int = 1,
+                 norm_layer: NormLayer = nn.BatchNorm2d):
+        super().__init__()
+        out_channels = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
+        self.bn1 = norm_layer(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = norm_layer(planes)
+        self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
+        self.bn3 = norm_layer(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.stride = stride
+        self.downsample = None
+        if stride > 1 or in_channels != out_channels:
+            # Child "-1" has no parameters, so the keys are downsample.0.* and downsample.1.*.
+            self.downsample = nn.Sequential(OrderedDict([
+                ("-1", nn.AvgPool2d(stride) if stride > 1 else nn.Identity()),
+                ("0", nn.Conv2d(in_channels, out_channels, 1, bias=False)),
+                ("1", norm_layer(out_channels)),
+            ]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x (Tensor): (N, C, H, W). Returns: Tensor (N, 4*planes, H/stride, W/stride)."""
+        shortcut = x if self.downsample is None else self.downsample(x)
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(self.avgpool(y)))
+        return self.relu(y + shortcut)
+
+
+class AttentionPool2d(nn.Module):
+    """CLIP's attention pooling: one attention query from the spatial mean token.
+
+    The mean of the ``spacial_dim x spacial_dim`` feature map is prepended as an extra token, a
+    learned positional embedding is added to all tokens, and multi-head attention with separate
+    q/k/v projections is evaluated; the output of the mean token, projected by ``c_proj``, is the
+    pooled embedding. Only the mean token's query is computed (the other tokens' outputs are
+    discarded by CLIP anyway), which gives the same result with fewer operations.
+
+    Args:
+        spacial_dim (int): side of the square input feature map (input resolution / 32).
+        embed_dim (int): input channels.
+        num_heads (int): attention heads (``embed_dim`` must be divisible by it).
+        output_dim (int): output embedding size (``embed_dim`` when None).
+    """
+
+    def __init__(self, spacial_dim: int, embed_dim: int, num_heads: int, output_dim: int = None):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"AttentionPool2d: embed_dim {embed_dim} is not divisible by "
+                             f"num_heads {num_heads}")
+        self.spacial_dim = spacial_dim
+        self.num_heads = num_heads
+        self.positional_embedding = nn.Parameter(
+            torch.randn(spacial_dim ** 2 + 1, embed_dim) / embed_dim ** 0.5)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.c_proj = nn.Linear(embed_dim, output_dim or embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool a feature map.
+
+        Args:
+            x (Tensor): (N, C, spacial_dim, spacial_dim) features.
+
+        Returns:
+            Tensor: (N, output_dim) pooled embeddings.
+        """
+        n, c, h, w = x.shape
+        if (h, w) != (self.spacial_dim, self.spacial_dim):
+            raise ValueError(
+                f"AttentionPool2d expects a {self.spacial_dim}x{self.spacial_dim} feature map (its "
+                f"positional embedding has {self.spacial_dim}x{self.spacial_dim}+1 entries), got "
+                f"{h}x{w}")
+        tokens = x.flatten(2).transpose(1, 2)  # (N, HW, C)
+        tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+        tokens = tokens + self.positional_embedding.to(tokens.dtype)
+        heads, head_dim = self.num_heads, c // self.num_heads
+        query = self.q_proj(tokens[:, :1]).view(n, 1, heads, head_dim).transpose(1, 2)
+        key = self.k_proj(tokens).view(n, -1, heads, head_dim).transpose(1, 2)
+        value = self.v_proj(tokens).view(n, -1, heads, head_dim).transpose(1, 2)
+        pooled = F.scaled_dot_product_attention(query, key, value)  # (N, heads, 1, head_dim)
+        return self.c_proj(pooled.reshape(n, c))
+
+    def init_weights(self):
+        """CLIP's initialisation: normal(std = in_features^-0.5) for all projection weights."""
+        std = self.c_proj.in_features ** -0.5
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.c_proj):
+            nn.init.normal_(proj.weight, std=std)
+
+
+class ModifiedResNet(nn.Module):
+    """CLIP's ResNet image tower: 3-conv stem, anti-aliased bottlenecks, attention pooling.
+
+    Args:
+        layers (Sequence[int]): number of blocks in ``layer1 .. layer4``.
+        width (int): stem output channels ``w``; stages output ``4w, 8w, 16w, 32w`` channels.
+        image_size (int): input resolution the attention pool is built for (multiple of 32).
+        output_dim (int): size of the pooled embedding.
+        heads (int): attention-pool heads (CLIP uses ``32 * width // 64``).
+        norm_layer (callable): ``norm_layer(num_channels)`` builds every normalisation layer, e.g.
+            ``nn.BatchNorm2d`` (default) or detectron2's ``FrozenBatchNorm2d``.
+    """
+
+    def __init__(self, layers: Sequence[int], width: int = 64, image_size: int = 224,
+                 output_dim: int = 1024, heads: int = None, norm_layer: NormLayer = nn.BatchNorm2d):
+        super().__init__()
+        if len(layers) != 4:
+            raise ValueError(f"ModifiedResNet needs 4 stage depths, got layers={list(layers)}")
+        if image_size % 32:
+            raise ValueError(f"ModifiedResNet image_size must be a multiple of 32, got {image_size}")
+        self.layers = tuple(int(n) for n in layers)
+        self.width = width
+        self.image_size = image_size
+        self.output_dim = output_dim
+        self.heads = heads or width * 32 // 64
+
+        self.conv1 = nn.Conv2d(3, width // 2, 3, stride=2, padding=1, bias=False)
+        self.bn1 = norm_layer(width // 2)
+        self.conv2 = nn.Conv2d(width // 2, width // 2, 3, padding=1, bias=False)
+        self.bn2 = norm_layer(width // 2)
+        self.conv3 = nn.Conv2d(width // 2, width, 3, padding=1, bias=False)
+        self.bn3 = norm_layer(width)
+        self.avgpool = nn.AvgPool2d(2)
+        self.relu = nn.ReLU(inplace=True)
+
+        in_channels = width
+        for index, (blocks, stride) in enumerate(zip(self.layers, (1, 2, 2, 2))):
+            planes = width * 2 ** index
+            stage = [Bottleneck(in_channels, planes, stride, norm_layer)]
+            in_channels = planes * Bottleneck.expansion
+            stage += [Bottleneck(in_channels, planes, 1, norm_layer) for _ in range(blocks - 1)]
+            setattr(self, f"layer{index + 1}", nn.Sequential(*stage))
+
+        self.attnpool = AttentionPool2d(image_size // 32, width * 32, self.heads, output_dim)
+        self.feature_channels: Dict[str, int] = {
+            "stem": width, "res2": width * 4, "res3": width * 8, "res4": width * 16,
+            "res5": width * 32}
+        self.feature_strides: Dict[str, int] = {
+            "stem": 4, "res2": 4, "res3": 8, "res4": 16, "res5": 32}
+        self.init_weights()
+
+    @property
+    def stages(self):
+        """list[nn.Sequential]: ``[layer1, layer2, layer3, layer4]`` (res2 .. res5)."""
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def init_weights(self):
+        """CLIP's initialisation: attention-pool projections, and zero gamma in each block's bn3."""
+        self.attnpool.init_weights()
+        for stage in self.stages:
+            for block in stage:
+                weight = getattr(block.bn3, "weight", None)
+                if isinstance(weight, nn.Parameter):
+                    nn.init.zeros_(weight)
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the stem.
+
+        Args:
+            x (Tensor): (N, 3, H, W) normalised images; cast to the dtype of ``conv1.weight``.
+
+        Returns:
+            Tensor: (N, width, H/4, W/4).
+        """
+        x = x.to(self.conv1.weight.dtype)
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn2(self.conv2(x)))
+        x = self.relu(self.bn3(self.conv3(x)))
+        return self.avgpool(x)
+
+    def forward_features(self, x: torch.Tensor,
+                         out: Iterable[str] = ("res2", "res3", "res4", "res5")
+                         ) -> Dict[str, torch.Tensor]:
+        """Intermediate feature maps; stages after the deepest requested one are not run.
+
+        Args:
+            x (Tensor): (N, 3, H, W) normalised images.
+            out (Iterable[str]): names among ``stem, res2, res3, res4, res5``.
+
+        Returns:
+            dict[str, Tensor]: the requested feature maps (``res_k`` has stride ``2**k``).
+        """
+        out = tuple(out)
+        unknown = [name for name in out if name not in FEATURE_NAMES]
+        if unknown or not out:
+            raise ValueError(f"forward_features: unknown feature names {unknown} (out={out}); "
+                             f"expected a non-empty subset of {FEATURE_NAMES}")
+        last = max(FEATURE_NAMES.index(name) for name in out)
+        features = {}
+        x = self.forward_stem(x)
+        if "stem" in out:
+            features["stem"] = x
+        for name, stage in zip(FEATURE_NAMES[1:last + 1], self.stages):
+            x = stage(x)
+            if name in out:
+                features[name] = x
+        return features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Full tower.
+
+        Args:
+            x (Tensor): (N, 3, image_size, image_size) normalised images.
+
+        Returns:
+            Tensor: (N, output_dim) image embeddings (not normalised).
+        """
+        return self.attnpool(self.forward_features(x, out=("res5",))["res5"])
