@@ -171,11 +171,18 @@ def test_coco_ovd_metadata_matches_the_spec_split():
             assert meta.thing_dataset_id_to_contiguous_id == {c["id"]: i
                                                              for i, c in enumerate(cats)}
             assert meta.class_split == ["novel" if c["name"] in NOVEL else "base" for c in cats]
-            assert meta.base_classes == BASE and meta.novel_classes == NOVEL
+            assert meta.base_classes == [c["name"] for c in cats if c["name"] in BASE]
+            assert meta.novel_classes == [c["name"] for c in cats if c["name"] in NOVEL]
             split_dir = "train2017" if phase == "train" else "val2017"
             assert meta.json_file.endswith(f"ovd_ins_{split_dir}_{subset}.json")
             assert meta.image_root.endswith(os.path.join("coco", split_dir))
     assert len(MetadataCatalog.get("coco_2017_ovd_all_test").thing_classes) == 65
+    # the split evaluator accepts this metadata and finds the 17/48/65 splits
+    from detectron2_ext.evaluation.coco_split_evaluation import splits_from_metadata
+    splits = splits_from_metadata(MetadataCatalog.get("coco_2017_ovd_all_test"))
+    assert (splits["novel"], splits["base"], len(splits["all"])) == (NOVEL, BASE, 65)
+    assert list(splits_from_metadata(MetadataCatalog.get("coco_2017_ovd_b_test"))) == [
+        "base", "all"]
 
 
 def test_lvis_metadata_and_category_table():
@@ -190,6 +197,7 @@ def test_lvis_metadata_and_category_table():
     train = MetadataCatalog.get("lvis_v1_train_ovd")
     assert train.thing_classes == [c["synonyms"][0] for c in non_rare]
     assert len(train.thing_classes) == 866 and set(train.class_split) == {"base"}
+    assert train.base_classes == train.thing_classes and train.novel_classes == []
     assert train.class_frequency == [c["frequency"] for c in non_rare]
     assert train.thing_dataset_id_to_contiguous_id == {c["id"]: i for i, c in enumerate(non_rare)}
     assert [c["id"] for c in train.class_image_count] == [c["id"] for c in non_rare]
@@ -455,7 +463,7 @@ def test_synthetic_registration_and_perfect_predictions(tmp_path, monkeypatch):
         assert sum(len(d["annotations"]) for d in dicts) == data.num_annotations
         lvis_meta = MetadataCatalog.get(lvis_name)
         assert lvis_meta.thing_classes == ["red_box", "green_tri"]
-        assert lvis_meta.novel_classes == ["blue_ball"]
+        assert lvis_meta.novel_classes == [] and lvis_meta.base_classes == ["red_box", "green_tri"]
         lvis_dicts = DatasetCatalog.get(lvis_name)
         assert {a["category_id"] for d in lvis_dicts for a in d["annotations"]} <= {0, 1}
         with pytest.raises(ValueError, match="already registered"):

@@ -15,8 +15,9 @@ Metadata keys produced here (read them from ``MetadataCatalog.get(name)``):
 * ``thing_classes``: class names in contiguous-id order.
 * ``thing_dataset_id_to_contiguous_id``: json category id -> contiguous id.
 * ``class_split``: ``"base"`` or ``"novel"`` per contiguous id.
-* ``base_classes`` / ``novel_classes``: names of the benchmark's base and novel classes (the
-  whole benchmark split, also for datasets that contain only one of the two).
+* ``base_classes`` / ``novel_classes``: the names in ``thing_classes`` that are base / novel
+  (subsets of ``thing_classes``; one of them is empty for datasets holding only one part, e.g.
+  ``coco_2017_ovd_b_*`` or ``lvis_v1_train_ovd``).
 * LVIS only: ``class_frequency`` (``"r"``/``"c"``/``"f"`` per contiguous id) and
   ``class_image_count`` (detectron2's format, used by its federated loss).
 """
@@ -101,31 +102,28 @@ def _sorted_by_id(categories, what):
     return cats
 
 
-def coco_metadata(categories, split_categories=None):
+def coco_metadata(categories):
     """Build the metadata of a COCO-style open-vocabulary dataset.
 
     Args:
         categories (list[dict]): the dataset's categories, each with ``id``, ``name`` and
             ``split`` (``"base"`` or ``"novel"``); contiguous ids follow category-id order, as
             detectron2's ``load_coco_json`` assigns them.
-        split_categories (list[dict] or None): the whole benchmark's categories, used for
-            ``base_classes``/``novel_classes``; defaults to ``categories``.
 
     Returns:
         dict: ``thing_classes``, ``thing_dataset_id_to_contiguous_id``, ``class_split``,
         ``base_classes``, ``novel_classes``.
     """
     cats = _sorted_by_id(categories, "coco_metadata")
-    split_cats = _sorted_by_id(split_categories or categories, "coco_metadata")
-    for c in cats + split_cats:
+    for c in cats:
         if c.get("split") not in ("base", "novel"):
             raise ValueError(f"Category {c} needs 'split' = 'base' or 'novel'")
     return {
         "thing_classes": [c["name"] for c in cats],
         "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(cats)},
         "class_split": [c["split"] for c in cats],
-        "base_classes": [c["name"] for c in split_cats if c["split"] == "base"],
-        "novel_classes": [c["name"] for c in split_cats if c["split"] == "novel"],
+        "base_classes": [c["name"] for c in cats if c["split"] == "base"],
+        "novel_classes": [c["name"] for c in cats if c["split"] == "novel"],
     }
 
 
@@ -159,8 +157,8 @@ def lvis_metadata(categories, base_only=False):
         "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(kept)},
         "class_frequency": [c["frequency"] for c in kept],
         "class_split": ["novel" if c["frequency"] == "r" else "base" for c in kept],
-        "base_classes": [display_name(c) for c in cats if c["frequency"] != "r"],
-        "novel_classes": [display_name(c) for c in cats if c["frequency"] == "r"],
+        "base_classes": [display_name(c) for c in kept if c["frequency"] != "r"],
+        "novel_classes": [display_name(c) for c in kept if c["frequency"] == "r"],
     }
     if all("image_count" in c for c in kept):
         meta["class_image_count"] = [{"id": c["id"], "image_count": c["image_count"]}

@@ -52,8 +52,7 @@ def coco_ovd_metadata(subset):
     if subset not in COCO_OVD_SUBSETS:
         raise KeyError(f"Unknown COCO OVD subset {subset!r}; expected one of "
                        f"{sorted(COCO_OVD_SUBSETS)}")
-    return coco_metadata(coco_ovd_categories(COCO_OVD_SUBSETS[subset]),
-                         split_categories=coco_ovd_categories(("base", "novel")))
+    return coco_metadata(coco_ovd_categories(COCO_OVD_SUBSETS[subset]))
 
 
 def register_all_coco_ovd(root):
