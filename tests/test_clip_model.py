@@ -128,7 +128,8 @@ def test_presets_match_openai_hyper_parameters():
         cfg = PRESETS[name]
         assert (cfg.visual.layers, cfg.visual.width, cfg.visual.image_size) == (layers, width, size)
         assert cfg.visual.embed_dim == cfg.text.embed_dim == embed
-        assert (cfg.text.width, cfg.text.heads, cfg.text.layers) == (text_width, text_width // 64, 12)
+        assert (cfg.text.width, cfg.text.heads) == (text_width, text_width // 64)
+        assert cfg.text.layers == 12
         assert (cfg.text.context_length, cfg.text.vocab_size) == (77, 49408)
 
 
@@ -167,8 +168,8 @@ def test_module_names_follow_openai():
     model = build_visual(TINY)
     keys = set(model.state_dict())
     for key in ("conv1.weight", "bn3.running_var", "layer1.0.downsample.0.weight",
-                "layer2.0.downsample.1.bias", "layer2.1.conv3.weight", "attnpool.positional_embedding",
-                "attnpool.q_proj.weight", "attnpool.c_proj.bias"):
+                "layer2.0.downsample.1.bias", "layer2.1.conv3.weight",
+                "attnpool.positional_embedding", "attnpool.q_proj.weight", "attnpool.c_proj.bias"):
         assert key in keys
     assert not any(k.startswith("layer2.1.downsample") for k in keys)  # identity shortcut
     assert model.attnpool.positional_embedding.shape == (2 * 2 + 1, 512)
@@ -196,8 +197,8 @@ def _naive_attention_pool(pool, x):
     tokens = tokens + pool.positional_embedding[:, None, :]
     out, _ = F.multi_head_attention_forward(
         query=tokens, key=tokens, value=tokens, embed_dim_to_check=tokens.shape[-1],
-        num_heads=pool.num_heads, q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight,
-        v_proj_weight=pool.v_proj.weight, in_proj_weight=None,
+        num_heads=pool.num_heads, q_proj_weight=pool.q_proj.weight,
+        k_proj_weight=pool.k_proj.weight, v_proj_weight=pool.v_proj.weight, in_proj_weight=None,
         in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
         bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0,
         out_proj_weight=pool.c_proj.weight, out_proj_bias=pool.c_proj.bias,

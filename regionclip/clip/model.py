@@ -190,15 +190,22 @@ class CLIP(TextTransformer):
 
     def __init__(self, config: CLIPConfig, norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d):
         if config.visual.embed_dim != config.text.embed_dim:
-            raise ValueError(f"CLIP towers disagree on embed_dim: visual {config.visual.embed_dim}, "
-                             f"text {config.text.embed_dim}")
+            raise ValueError(f"CLIP towers disagree on embed_dim: visual "
+                             f"{config.visual.embed_dim}, text {config.text.embed_dim}")
         super().__init__(**dataclasses.asdict(config.text))
         self.config = config
         self.visual = build_visual(config.visual, norm_layer)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Args: images (Tensor): (N, 3, S, S) normalised. Returns: (N, embed_dim), not normalised."""
+        """Encode images.
+
+        Args:
+            images (Tensor): (N, 3, S, S) normalised images.
+
+        Returns:
+            Tensor: (N, embed_dim) embeddings, not normalised.
+        """
         return self.visual(images)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor):

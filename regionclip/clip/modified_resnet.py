@@ -154,7 +154,8 @@ class ModifiedResNet(nn.Module):
         if len(layers) != 4:
             raise ValueError(f"ModifiedResNet needs 4 stage depths, got layers={list(layers)}")
         if image_size % 32:
-            raise ValueError(f"ModifiedResNet image_size must be a multiple of 32, got {image_size}")
+            raise ValueError(f"ModifiedResNet image_size must be a multiple of 32, "
+                             f"got {image_size}")
         self.layers = tuple(int(n) for n in layers)
         self.width = width
         self.image_size = image_size

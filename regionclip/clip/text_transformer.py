@@ -69,7 +69,7 @@ class Transformer(nn.Module):
         self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads) for _ in range(layers))
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor = None) -> torch.Tensor:
-        """Args: x (Tensor): (N, L, width); attn_mask (Tensor): (L, L) or None. Returns (N, L, width)."""
+        """Args: x (Tensor): (N, L, width); attn_mask (Tensor): (L, L) or None."""
         for block in self.resblocks:
             x = block(x, attn_mask)
         return x
@@ -133,7 +133,8 @@ class TextTransformer(nn.Module):
             Tensor: text embeddings, not normalised.
         """
         if tokens.dim() != 2:
-            raise ValueError(f"encode_text expects (batch, length) token ids, got {tuple(tokens.shape)}")
+            raise ValueError(f"encode_text expects (batch, length) token ids, "
+                             f"got shape {tuple(tokens.shape)}")
         length = tokens.shape[1]
         if length > self.context_length:
             raise ValueError(f"encode_text: {length} tokens exceed the context length "
