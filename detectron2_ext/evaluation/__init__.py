@@ -1,1 +1,6 @@
-from .coco_split_evaluation import COCOSplitEvaluator, split_ap_from_coco_eval  # noqa: F401
+from .coco_split_evaluation import (  # noqa: F401
+    COCOSplitEvaluator,
+    split_ap_from_coco_eval,
+    splits_from_metadata,
+)
+from .lvis_evaluation import LVISEvaluatorCompat, PredictionWriter, numpy_float_alias  # noqa: F401

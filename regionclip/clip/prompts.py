@@ -138,7 +138,8 @@ def ensemble_text_embeddings(text_encoder: Callable[[torch.Tensor], torch.Tensor
                              names: Sequence[str], tokenizer=None, batch_size: int = 256,
                              progress: bool = False, prompt_ensemble: bool = True,
                              context_length: int = CONTEXT_LENGTH,
-                             device: Optional[torch.device] = None) -> torch.Tensor:
+                             device: Optional[torch.device] = None,
+                             truncate: bool = True) -> torch.Tensor:
     """Concept embeddings with the original RegionCLIP recipe.
 
     With ``prompt_ensemble`` each name becomes 81 prompts; every prompt is tokenized (truncated to
@@ -158,6 +159,8 @@ def ensemble_text_embeddings(text_encoder: Callable[[torch.Tensor], torch.Tensor
         context_length (int): token row length.
         device (torch.device): where the token ids go; default: the device of the module that
             ``text_encoder`` is a method of (or the module itself), else CPU.
+        truncate (bool): cut over-long prompts to ``context_length`` like the original (True), or
+            raise a ValueError naming the prompt (False).
 
     Returns:
         Tensor: (len(names), D) float embeddings, not normalised, on the encoder's output device.
@@ -184,7 +187,7 @@ def ensemble_text_embeddings(text_encoder: Callable[[torch.Tensor], torch.Tensor
         for start in steps:
             chunk = names[start:start + names_per_batch]
             texts = [p for n in chunk for p in build_prompts(n)] if prompt_ensemble else chunk
-            embeddings = text_encoder(tokenizer.tokenize(texts, context_length).to(device))
+            embeddings = text_encoder(tokenizer.tokenize(texts, context_length, truncate=truncate).to(device))
             if embeddings.dim() != 2 or embeddings.shape[0] != len(texts):
                 raise ValueError(f"text_encoder returned shape {tuple(embeddings.shape)} for "
                                  f"{len(texts)} prompts; expected ({len(texts)}, D)")
