@@ -1,0 +1,1 @@
+"""Logic of the command-line tools in ``tools/`` (the scripts there stay thin)."""
