@@ -325,14 +325,18 @@ def test_regionclip_checkpointer_openai_file_named_anything(tmp_path, openai_sd,
     assert_towers_equal(model, "lang_encoder.", openai_sd, "")
 
 
-def test_regionclip_checkpointer_native_and_mismatch(tmp_path, openai_sd):
+def test_regionclip_checkpointer_native_and_mismatch(tmp_path, openai_sd, caplog):
     source = detection_model()
     with torch.no_grad():
         for tensor in source.state_dict().values():
             tensor.copy_(torch.randn_like(tensor))
-    torch.save({"model": source.state_dict(), "iteration": 7}, tmp_path / "native.pth")
+    # an old-style checkpoint with an object that torch.load(weights_only=True) refuses
+    torch.save({"model": source.state_dict(), "iteration": 7, "args": Namespace(lr=0.1)},
+               tmp_path / "native.pth")
     model = detection_model()
-    RegionCLIPCheckpointer(model).load(str(tmp_path / "native.pth"))
+    with caplog.at_level(logging.WARNING):
+        extra = RegionCLIPCheckpointer(model).load(str(tmp_path / "native.pth"))
+    assert "weights_only" in caplog.text and extra["iteration"] == 7
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
 

@@ -114,7 +114,8 @@ def test_freeze_at_2_freezes_stem_and_layer1_only():
     for name, p in backbone.named_parameters():
         top = name.split(".")[0]
         assert p.requires_grad == (top in ("layer2", "layer3", "layer4", "attnpool")), name
-    assert any(n.startswith("conv1") for n in frozen) and any(n.startswith("layer1") for n in frozen)
+    assert any(n.startswith("conv1") for n in frozen)
+    assert any(n.startswith("layer1") for n in frozen)
     x = torch.randn(1, 3, 64, 64)
     out = backbone(x)["res5"]
     pooled = backbone.attnpool(nn.functional.adaptive_avg_pool2d(out, 7))

@@ -88,7 +88,8 @@ def test_original_invocation_with_converted_checkpoint(tiny_clip, tmp_path):
     main(["--config-file", ZSINF_CONFIG, "MODEL.WEIGHTS", str(converted),
           "MODEL.CLIP.GET_CONCEPT_EMB", "True", "INPUT_DIR", str(input_dir),
           "OUTPUT_DIR", str(output_dir), "MODEL.CLIP.OFFLINE_RPN_CONFIG",
-          os.path.join(ROOT, "configs", "LVISv1-InstanceSegmentation", "mask_rcnn_R_50_FPN_1x.yaml"),
+          os.path.join(ROOT, "configs", "LVISv1-InstanceSegmentation",
+                       "mask_rcnn_R_50_FPN_1x.yaml"),
           "MODEL.DEVICE", "cpu"])
     loaded = torch.load(output_dir / "concept_embeds.pth", weights_only=True)
     torch.testing.assert_close(loaded, reference(model, ["traffic light", "cat"]),

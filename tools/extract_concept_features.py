@@ -10,7 +10,8 @@ Original command line (only the language encoder is built; no RPN config needed)
 reads ``DIR/concepts.txt`` and writes ``OUT/concept_embeds.pth``. Direct form::
 
     python tools/extract_concept_features.py --concepts coco_65 | FILE.txt | WORD ... \\
-        --weights CKPT --output FILE.pth [--depth 50|101|200] [--no-prompt-ensemble] [--batch-size N]
+        --weights CKPT --output FILE.pth [--depth 50|101|200] [--no-prompt-ensemble] \\
+        [--batch-size N]
 
 See :mod:`regionclip.tools.concepts`.
 """

@@ -1,4 +1,5 @@
-"""``RegionCLIPCheckpointer`` (``MODEL.WEIGHTS`` of any kind) and the second, offline-RPN checkpoint."""
+"""``RegionCLIPCheckpointer`` (``MODEL.WEIGHTS`` of any kind) and the second (offline RPN)
+checkpoint."""
 import copy
 import logging
 from collections import OrderedDict
@@ -66,6 +67,11 @@ class RegionCLIPCheckpointer(DetectionCheckpointer):
                       "__author__": loaded.get("__author__", "OpenAI CLIP")}
         return loaded
 
+    def _torch_load(self, f):
+        # DetectionCheckpointer's hook for plain torch files: weights_only=True first, then a
+        # warned fallback (old RegionCLIP checkpoints may hold objects the safe reader refuses).
+        return read_torch_file(f)
+
     def _load_model(self, checkpoint):
         if checkpoint.pop(_CLIP_FORMAT, False):
             model = _unwrap(self.model)
@@ -122,7 +128,8 @@ def _split_offline(state_dict, path):
     return parts, dropped
 
 
-def load_offline_rpn_weights(model: nn.Module, path: str, strict: bool = False) -> OfflineLoadReport:
+def load_offline_rpn_weights(model: nn.Module, path: str,
+                             strict: bool = False) -> OfflineLoadReport:
     """Load the second checkpoint (``MODEL.CLIP.BB_RPN_WEIGHTS``) into the offline branch only.
 
     Keys ``backbone.*`` go to ``model.offline_backbone`` and ``proposal_generator.*`` to
@@ -144,9 +151,10 @@ def load_offline_rpn_weights(model: nn.Module, path: str, strict: bool = False) 
     model = _unwrap(model)
     modules = {name: getattr(model, name, None) for name in OFFLINE_MODULES}
     if all(m is None for m in modules.values()):
-        raise ValueError(f"Cannot load {path} as offline RPN weights: {type(model).__name__} has no "
-                         f"offline_backbone / offline_proposal_generator (they exist only when "
-                         f"MODEL.CLIP.CROP_REGION_TYPE is 'RPN' with MODEL.CLIP.OFFLINE_RPN_CONFIG)")
+        raise ValueError(f"Cannot load {path} as offline RPN weights: {type(model).__name__} has "
+                         f"no offline_backbone / offline_proposal_generator (they exist only when "
+                         f"MODEL.CLIP.CROP_REGION_TYPE is 'RPN', built from "
+                         f"MODEL.CLIP.OFFLINE_RPN_CONFIG)")
     state_dict = extract_state_dict(read_torch_file(path), path)
     parts, dropped = _split_offline(state_dict, path)
     report = OfflineLoadReport(dropped=dropped)

@@ -93,7 +93,8 @@ def group_clip_keys(state_dict: Mapping[str, torch.Tensor]):
     result = {}
     for group, by_prefix in groups.items():
         if len(by_prefix) > 1:
-            shown = ", ".join(f"'{p or '<top level>'}*' ({len(v)} keys)" for p, v in by_prefix.items())
+            shown = ", ".join(f"'{p or '<top level>'}*' ({len(v)} keys)"
+                              for p, v in by_prefix.items())
             raise ValueError(f"The checkpoint holds the {group} weights under several prefixes: "
                              f"{shown}; expected one")
         (prefix, names), = by_prefix.items()

@@ -51,10 +51,10 @@ def is_torchscript_archive(path: str) -> bool:
 def read_torch_file(path: str) -> Any:
     """Read a ``torch.save`` file (or a detectron2 ``.pkl``) on the CPU.
 
-    ``torch.load(weights_only=True)`` is tried first. If the file holds objects that the weights-only
-    reader refuses, a warning explains why and the file is read with ``weights_only=False``, which
-    can run code stored in the file (only use files you trust). ``.pkl`` files are read like
-    detectron2 reads its model-zoo files (pickle, latin1).
+    ``torch.load(weights_only=True)`` is tried first. If the file holds objects that the
+    weights-only reader refuses, a warning explains why and the file is read with
+    ``weights_only=False``, which can run code stored in the file (only use files you trust).
+    ``.pkl`` files are read like detectron2 reads its model-zoo files (pickle, latin1).
 
     Args:
         path (str): file path.

@@ -18,7 +18,9 @@ from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
-from regionclip.clip import FEATURE_NAMES, ModifiedResNet, VisualConfig, get_preset, preset_for_depth
+from regionclip.clip import FEATURE_NAMES, ModifiedResNet, VisualConfig, preset_for_depth
+
+from ..clip_arch import resolve_clip_arch
 
 __all__ = [
     "CLIPResNetBackbone",
@@ -119,7 +121,8 @@ def uses_attnpool(cfg) -> bool:
 
 @BACKBONE_REGISTRY.register()
 def build_clip_resnet_backbone(cfg, input_shape: Optional[ShapeSpec] = None,
-                               depth: Optional[int] = None) -> CLIPResNetBackbone:
+                               depth: Optional[int] = None,
+                               arch: Optional[str] = None) -> CLIPResNetBackbone:
     """Build the CLIP ResNet backbone from a config (registered in ``BACKBONE_REGISTRY``).
 
     Reads ``MODEL.RESNETS.DEPTH`` (50 RN50, 101 RN101, 200 RN50x4), ``MODEL.RESNETS.OUT_FEATURES``,
@@ -132,6 +135,9 @@ def build_clip_resnet_backbone(cfg, input_shape: Optional[ShapeSpec] = None,
         input_shape (ShapeSpec): input shape; only 3 channels are supported.
         depth (int): overrides ``MODEL.RESNETS.DEPTH``, e.g. ``MODEL.CLIP.TEACHER_RESNETS_DEPTH``
             for the pretraining teacher.
+        arch (str): overrides ``MODEL.CLIP.ARCH`` (a preset name or a JSON file, see
+            :mod:`regionclip.modeling.clip_arch`), e.g. ``MODEL.CLIP.TEACHER_ARCH``. When neither
+            ``arch`` nor ``MODEL.CLIP.ARCH`` is set, the depth flag decides.
 
     Returns:
         CLIPResNetBackbone: randomly initialised backbone (load weights with a checkpointer).
@@ -139,13 +145,15 @@ def build_clip_resnet_backbone(cfg, input_shape: Optional[ShapeSpec] = None,
     if input_shape is not None and input_shape.channels not in (None, 3):
         raise ValueError(f"build_clip_resnet_backbone: CLIP takes 3-channel images, got "
                          f"input_shape.channels={input_shape.channels}")
+    if arch is None:
+        arch = cfg.MODEL.CLIP.ARCH if depth is None else ""
     depth = cfg.MODEL.RESNETS.DEPTH if depth is None else depth
-    preset = preset_for_depth(depth)
+    visual = resolve_clip_arch(arch, depth).visual
     with_attnpool = uses_attnpool(cfg)
-    logger.info("CLIP ResNet backbone: DEPTH %s -> %s, out_features %s, freeze_at %d, attnpool %s",
-                depth, preset, list(cfg.MODEL.RESNETS.OUT_FEATURES),
-                cfg.MODEL.BACKBONE.FREEZE_AT, with_attnpool)
-    return CLIPResNetBackbone(get_preset(preset).visual, cfg.MODEL.RESNETS.OUT_FEATURES,
+    logger.info("CLIP ResNet backbone: %s, out_features %s, freeze_at %d, attnpool %s",
+                arch or f"DEPTH {depth} -> {preset_for_depth(depth)}",
+                list(cfg.MODEL.RESNETS.OUT_FEATURES), cfg.MODEL.BACKBONE.FREEZE_AT, with_attnpool)
+    return CLIPResNetBackbone(visual, cfg.MODEL.RESNETS.OUT_FEATURES,
                               cfg.MODEL.BACKBONE.FREEZE_AT, with_attnpool)
 
 
@@ -167,8 +175,8 @@ def build_clip_resnet_fpn_backbone(cfg, input_shape: Optional[ShapeSpec] = None)
     in_features = list(cfg.MODEL.FPN.IN_FEATURES)
     available = list(cfg.MODEL.RESNETS.OUT_FEATURES)
     if not in_features or any(name not in available for name in in_features):
-        raise ValueError(f"build_clip_resnet_fpn_backbone: MODEL.FPN.IN_FEATURES={in_features} must "
-                         f"be a non-empty subset of MODEL.RESNETS.OUT_FEATURES={available}")
+        raise ValueError(f"build_clip_resnet_fpn_backbone: MODEL.FPN.IN_FEATURES={in_features} "
+                         f"must be a non-empty subset of MODEL.RESNETS.OUT_FEATURES={available}")
     bottom_up = build_clip_resnet_backbone(cfg, input_shape)
     return FPN(
         bottom_up=bottom_up,
