@@ -1,0 +1,29 @@
+"""Data: TSV files with a byte-offset index, image-text pair datasets (TSV and WebDataset) and a
+training loader that drops and counts skipped samples."""
+from .image_text import (  # noqa: F401
+    DatasetEntry,
+    ImageTextTSVDataset,
+    decode_image_bytes,
+    discover_tsv_pairs,
+    expand_dataset_entries,
+    is_image_tsv_name,
+    text_tsv_name,
+)
+from .image_text_loader import (  # noqa: F401
+    SKIPPED_METRIC,
+    SkipCountingBatchLoader,
+    build_skipping_train_loader,
+)
+from .image_text_wds import (  # noqa: F401
+    WebDatasetImageText,
+    iterate_shard_records,
+    list_shards,
+    sample_text,
+)
+from .tsv import (  # noqa: F401
+    TSVFile,
+    TSVFileList,
+    TSVFormatError,
+    compute_line_offsets,
+    lineidx_path,
+)
