@@ -34,7 +34,7 @@ setup(
     include_package_data=True,
     install_requires=read_requirements(),
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout", "open_clip_torch", "webdataset"],
+        "test": ["pytest>=7", "pytest-timeout", "open_clip_torch", "webdataset", "spacy"],
         "pretrain": ["webdataset", "spacy"],
     },
 )
