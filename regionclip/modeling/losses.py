@@ -145,7 +145,8 @@ def image_text_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor,
 
     Both sides are normalised and, if ``gather``, all-gathered with gradient from every process
     (each process contributes its first ``min_r B_r`` rows, as the original); with ``L_bc =
-    cos(g_b, t_c) / temperature`` (G x G) the loss is ``(CE(L, arange(G)) + CE(L^T, arange(G))) / 2``
+    cos(g_b, t_c) / temperature`` (G x G) the loss is
+    ``(CE(L, arange(G)) + CE(L^T, arange(G))) / 2``
     with mean reduction. Every process computes the same value; each local embedding receives
     ``world_size`` times the gradient of that loss, which DistributedDataParallel's averaging
     turns into the exact gradient (see :func:`detectron2_ext.utils.comm.all_gather_with_grad`).
@@ -164,7 +165,8 @@ def image_text_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor,
     _check_2d("text_emb", text_emb)
     if image_emb.shape != text_emb.shape:
         raise ValueError(f"image_emb {tuple(image_emb.shape)} and text_emb "
-                         f"{tuple(text_emb.shape)} must have the same shape (one caption per image)")
+                         f"{tuple(text_emb.shape)} must have the same shape (one caption per "
+                         "image)")
     image_emb = F.normalize(image_emb, dim=-1)
     text_emb = F.normalize(text_emb.to(image_emb.dtype), dim=-1)
     if gather:
