@@ -389,6 +389,24 @@ _NEW_CLIP_KEYS: List[ConfigKey] = [
         _BOOL,
         f"{_PRETRAIN_DATA}, tools/extract_concept_features.py",
     ),
+    _clip(
+        "ARCH",
+        "",
+        "New key. CLIP architecture of the recognition backbone / student and its text encoder: "
+        "'' keeps the original's choice by MODEL.RESNETS.DEPTH (50 RN50, 101 RN101, 200 RN50x4); "
+        "otherwise a preset name or the path of a JSON file describing any CLIP ResNet (see "
+        "regionclip/modeling/clip_arch.py).",
+        "'' / 'RN50' / 'RN101' / 'RN50x4' / 'RN50x16' / 'RN50x64' / path of a .json file",
+        "CLIP backbone builders, language encoder builder",
+    ),
+    _clip(
+        "TEACHER_ARCH",
+        "",
+        "New key. CLIP architecture of the pretraining teacher: '' keeps the original's choice by "
+        "TEACHER_RESNETS_DEPTH; otherwise as ARCH.",
+        "as ARCH",
+        _PRETRAIN,
+    ),
 ]
 
 _OTHER_KEYS: List[ConfigKey] = [

@@ -204,3 +204,18 @@ def test_embedding_file_errors_name_key_and_numbers(tmp_path):
         load_text_embeddings(str(path), "MODEL.CLIP.TEXT_EMB_PATH", 48, 640)
     with pytest.raises(FileNotFoundError, match="OPENSET_TEST_TEXT_EMB_PATH"):
         load_text_embeddings(str(tmp_path / "nope.pth"), "MODEL.CLIP.OPENSET_TEST_TEXT_EMB_PATH", None, 1024)
+
+
+def test_focal_loss_gradient_is_finite_when_the_target_probability_is_one():
+    """(1 - p)^0.5 has an infinite slope at p = 1; the original's gradients became NaN there."""
+    p = _predictor(focal_scaled_loss=0.5, bg_cls_loss_weight=0.2)
+    logits = torch.tensor([[200.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0, 0.5]],
+                          requires_grad=True)
+    targets = torch.tensor([0, 1])
+    assert F.softmax(logits, -1)[0, 0].item() == 1.0
+    loss = p.focal_scaled_ce(logits, targets)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
+    # the value is unchanged: sample 0 contributes 0, sample 1 its focal-scaled CE
+    p1 = F.softmax(logits.detach()[1], -1)[1]
+    assert loss.item() == pytest.approx((-torch.log(p1) * (1 - p1) ** 0.5).item() / 2, rel=1e-6)

@@ -237,6 +237,8 @@ SPEC_DEFAULTS = {
     "MODEL.CLIP.LOSS_WEIGHT_IMG_TXT": 1.0,
     "MODEL.CLIP.TOKENIZE_TRUNCATE": True,
     "MODEL.CLIP.INFERENCE_REGION_CHUNK": 0,
+    "MODEL.CLIP.ARCH": "",
+    "MODEL.CLIP.TEACHER_ARCH": "",
     "MODEL.ROI_HEADS.SOFT_NMS_ENABLED": False,
     "MODEL.ROI_HEADS.SOFT_NMS_METHOD": "gaussian",
     "MODEL.ROI_HEADS.SOFT_NMS_SIGMA": 0.5,
@@ -262,7 +264,7 @@ def test_defaults_match_spec():
     # Every MODEL.CLIP key is listed above: the table is the full spec.
     clip_keys = {k for k in flat if k.startswith("MODEL.CLIP.")}
     assert clip_keys == {k for k in SPEC_DEFAULTS if k.startswith("MODEL.CLIP.")}
-    assert len(clip_keys) == 32 + 6
+    assert len(clip_keys) == 32 + 8
 
 
 def test_add_config_is_idempotent_and_keeps_values():

@@ -233,7 +233,10 @@ class CLIPFastRCNNOutputLayers(FastRCNNOutputLayers):
             return logits.sum() * 0.0  # keeps the graph connected
         ce = F.cross_entropy(logits, targets, reduction="none")
         p_t = F.softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
-        loss = ce * (1 - p_t) ** self.focal_scaled_loss
+        # (1 - p_t)^gamma has an infinite derivative at p_t = 1 (reached in float32 with a 0.01
+        # temperature), which made the original's gradients NaN; clamping changes the loss by at
+        # most ce * tiny^gamma and keeps the gradient finite.
+        loss = ce * (1 - p_t).clamp(min=torch.finfo(p_t.dtype).tiny) ** self.focal_scaled_loss
         if self.bg_cls_loss_weight is not None:
             loss = torch.where(targets == self.num_classes, loss * self.bg_cls_loss_weight, loss)
         return loss.mean()

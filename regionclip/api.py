@@ -1,0 +1,205 @@
+"""Python API: zero-shot region recognition and detection with a few lines of code.
+
+    from regionclip import RegionCLIP
+    rc = RegionCLIP.from_config("configs/LVISv1-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_custom_img.yaml",
+                                weights="pretrained_ckpt/regionclip/regionclip_pretrained-cc_rn50.pth",
+                                opts=["MODEL.CLIP.OFFLINE_RPN_CONFIG", "configs/.../mask_rcnn_R_50_FPN_1x.yaml"])
+    dets = rc.detect("image.jpg", ["cat", "remote control", "sofa"])
+"""
+import logging
+import os
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+
+from .clip.prompts import ensemble_text_embeddings
+from .config import add_regionclip_config
+from .engine.trainer import load_model_weights
+from .modeling.roi_heads import region_embeddings
+
+__all__ = ["RegionCLIP", "read_rgb_image"]
+
+logger = logging.getLogger(__name__)
+
+ImageLike = Union[str, np.ndarray]
+
+
+def read_rgb_image(image: ImageLike) -> np.ndarray:
+    """An HxWx3 uint8 RGB array from a path or an array (validated), with a clear error."""
+    if isinstance(image, (str, os.PathLike)):
+        if not os.path.isfile(image):
+            raise FileNotFoundError(f"image '{image}' does not exist")
+        try:
+            return utils.read_image(str(image), format="RGB")
+        except Exception as e:  # PIL raises several types for undecodable files
+            raise ValueError(f"could not decode image '{image}': {e}") from None
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"image must be an HxWx3 uint8 RGB array or a path, got an array of shape "
+                         f"{array.shape} and dtype {array.dtype}")
+    return array
+
+
+class RegionCLIP:
+    """A RegionCLIP detector built from a config, for inference on the CPU or a GPU.
+
+    Attributes:
+        cfg (CfgNode): the frozen config.
+        model (CLIPFastRCNN): the model in eval mode.
+    """
+
+    def __init__(self, cfg, model):
+        self.cfg = cfg
+        self.model = model
+        self._text_cache: Dict = {}
+        self.text_encoder_loaded = getattr(model, "_text_encoder_loaded", True)
+        self._resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+
+    @classmethod
+    def from_config(cls, config_file: str, weights: Optional[str] = None, opts: Sequence = (),
+                    device: str = "cpu") -> "RegionCLIP":
+        """Build the model of ``config_file`` and load its weights.
+
+        Args:
+            config_file (str): a CLIPFastRCNN yaml (e.g. one of configs/*/CLIP_fast_rcnn_*.yaml).
+            weights (str or None): checkpoint for ``MODEL.WEIGHTS`` (RegionCLIP, detectron2 or
+                OpenAI CLIP file); None keeps the config's.
+            opts (sequence): ``KEY VALUE`` overrides, as on the command line.
+            device (str): "cpu" or "cuda[:i]".
+        """
+        cfg = get_cfg()
+        add_regionclip_config(cfg)
+        cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(opts))
+        if cfg.MODEL.META_ARCHITECTURE != "CLIPFastRCNN":
+            raise ValueError(f"RegionCLIP needs a CLIPFastRCNN config; {config_file} builds "
+                             f"{cfg.MODEL.META_ARCHITECTURE}")
+        if weights is not None:
+            cfg.MODEL.WEIGHTS = weights
+        cfg.MODEL.DEVICE = device
+        cfg.MODEL.CLIP.GET_CONCEPT_EMB = True  # the text encoder makes vocabularies on the fly
+        cfg.freeze()
+        model = build_model(cfg)
+        before = {k: v.clone() for k, v in model.lang_encoder.state_dict().items()}
+        load_model_weights(cfg, model)
+        after = model.lang_encoder.state_dict()
+        model._text_encoder_loaded = any(not torch.equal(before[k], after[k]) for k in before)
+        if not model._text_encoder_loaded:
+            logger.warning("MODEL.WEIGHTS '%s' has no text-encoder weights: encode_text() and "
+                           "detect() with a vocabulary are unavailable", cfg.MODEL.WEIGHTS)
+        model.eval()
+        return cls(cfg, model)
+
+    @property
+    def device(self):
+        return self.model.device
+
+    # ------------------------------------------------------------------ text
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str], prompt_ensemble: bool = True) -> torch.Tensor:
+        """Un-normalised text embeddings (N, D), cached per vocabulary.
+
+        Args:
+            texts (sequence[str]): class names or phrases.
+            prompt_ensemble (bool): mean over the original's 81 prompt templates; False encodes
+                each text as given.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = [str(t) for t in texts]
+        if not texts or any(not t.strip() for t in texts):
+            raise ValueError(f"the vocabulary must be a non-empty list of non-empty names, got {texts!r}")
+        if not self.text_encoder_loaded:
+            raise RuntimeError(f"MODEL.WEIGHTS '{self.cfg.MODEL.WEIGHTS}' has no text-encoder "
+                               "weights (lang_encoder.* or OpenAI text keys)")
+        key = (tuple(texts), prompt_ensemble)
+        if key not in self._text_cache:
+            self._text_cache[key] = ensemble_text_embeddings(
+                self.model.lang_encoder.encode_text, texts, prompt_ensemble=prompt_ensemble,
+                device=self.device, truncate=self.cfg.MODEL.CLIP.TOKENIZE_TRUNCATE)
+        return self._text_cache[key]
+
+    # ------------------------------------------------------------------ images
+    def _prepare(self, image: ImageLike, boxes=None):
+        rgb = read_rgb_image(image)
+        h, w = rgb.shape[:2]
+        transform = self._resize.get_transform(rgb)
+        resized = transform.apply_image(rgb)
+        if self.cfg.INPUT.FORMAT == "BGR":
+            resized = resized[:, :, ::-1]
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+        inputs = {"image": tensor, "height": h, "width": w}
+        if boxes is not None:
+            boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
+            if boxes.shape[0] == 0:
+                raise ValueError("boxes must be a non-empty (N, 4) XYXY array")
+            inst = Instances(tensor.shape[1:])
+            inst.gt_boxes = Boxes(torch.as_tensor(transform.apply_box(boxes.numpy())))
+            inputs["instances"] = inst
+        return inputs
+
+    @torch.no_grad()
+    def encode_regions(self, image: ImageLike, boxes) -> torch.Tensor:
+        """Un-normalised region embeddings (N, D) of XYXY ``boxes`` given in ``image`` pixels.
+
+        The config's test-time resize (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``) applies.
+        """
+        inputs = self._prepare(image, boxes)
+        model = self.model
+        images = model.preprocess_image([inputs])
+        features = model.backbone(images.tensor)
+        heads = model.roi_heads
+        boxes = inputs["instances"].gt_boxes.to(self.device)
+        emb, _ = region_embeddings(heads.pooler, [features[f] for f in heads.in_features], [boxes],
+                                   model.backbone.layer4, model.backbone.attnpool,
+                                   heads.inference_chunk_size)
+        return emb
+
+    @torch.no_grad()
+    def detect(self, image: ImageLike, vocabulary: Sequence[str], boxes=None,
+               score_threshold: Optional[float] = None, prompt_ensemble: bool = True) -> List[dict]:
+        """Detect ``vocabulary`` in ``image``.
+
+        Args:
+            image: path or HxWx3 uint8 RGB array.
+            vocabulary (sequence[str]): class names; embeddings are made on the fly.
+            boxes: optional (N, 4) XYXY regions in image pixels to classify instead of the
+                config's regions (offline RPN or ground truth).
+            score_threshold (float or None): minimum score (default: the config's
+                ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``).
+            prompt_ensemble (bool): see :meth:`encode_text`.
+
+        Returns:
+            list[dict]: ``{"box": [x0, y0, x1, y1], "label": str, "score": float}`` in image
+            pixels, best first.
+        """
+        vocabulary = list(vocabulary) if not isinstance(vocabulary, str) else [vocabulary]
+        emb = self.encode_text(vocabulary, prompt_ensemble)
+        model = self.model
+        predictor = model.roi_heads.box_predictor
+        inputs = self._prepare(image, boxes)
+        saved = (predictor.test_cls_score, predictor.test_score_thresh, predictor.no_box_delta,
+                 model.clip_crop_region_type, predictor.multiply_rpn_score)
+        try:
+            predictor.set_test_embeddings(emb)
+            if score_threshold is not None:
+                predictor.test_score_thresh = score_threshold
+            if boxes is not None:  # classify the given boxes as they are
+                model.clip_crop_region_type, predictor.no_box_delta = "GT", True
+                predictor.multiply_rpn_score = False
+            elif model.clip_crop_region_type == "GT":
+                raise ValueError("this config takes regions from ground-truth boxes "
+                                 "(MODEL.CLIP.CROP_REGION_TYPE GT): pass boxes=...")
+            (out,) = model.inference([inputs])
+        finally:
+            (predictor.test_cls_score, predictor.test_score_thresh, predictor.no_box_delta,
+             model.clip_crop_region_type, predictor.multiply_rpn_score) = saved
+        inst = out["instances"].to("cpu")
+        return [{"box": b.tolist(), "label": vocabulary[int(c)], "score": float(s)}
+                for b, c, s in zip(inst.pred_boxes.tensor, inst.pred_classes, inst.scores)]

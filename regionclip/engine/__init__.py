@@ -1,0 +1,2 @@
+"""Training and evaluation engine."""
+from .trainer import Trainer, build_evaluator, load_model_weights  # noqa: F401

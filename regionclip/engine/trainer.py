@@ -1,0 +1,114 @@
+"""The RegionCLIP trainer: detectron2's ``DefaultTrainer`` with RegionCLIP's checkpoints, data
+loaders and evaluators, and multi-process training on CPU as on GPUs."""
+import logging
+import os
+import weakref
+
+from detectron2.data import MetadataCatalog, build_detection_test_loader
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.evaluation import DatasetEvaluators
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from detectron2_ext.evaluation import COCOSplitEvaluator, LVISEvaluatorCompat, PredictionWriter
+
+from ..checkpoint import RegionCLIPCheckpointer, load_offline_rpn_weights
+from ..data.mappers import build_test_mapper
+from ..data.pretrain import build_pretrain_train_loader, is_image_text_config
+
+__all__ = ["Trainer", "build_evaluator", "load_model_weights"]
+
+logger = logging.getLogger(__name__)
+
+RPN_META_ARCHS = ("CLIPFastRCNN", "PretrainFastRCNN")
+
+
+def load_model_weights(cfg, model, resume=False, checkpointer=None):
+    """Load ``MODEL.WEIGHTS`` (or the last checkpoint when resuming), then ``BB_RPN_WEIGHTS``.
+
+    The second checkpoint initialises only the offline backbone and RPN (RPN-mode RegionCLIP
+    meta-architectures), as the original did in evaluation and in training.
+
+    Returns:
+        dict: what the checkpointer returned for the first checkpoint (e.g. ``iteration``).
+    """
+    checkpointer = checkpointer or RegionCLIPCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    ret = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    if (cfg.MODEL.META_ARCHITECTURE in RPN_META_ARCHS and cfg.MODEL.CLIP.CROP_REGION_TYPE == "RPN"
+            and cfg.MODEL.CLIP.BB_RPN_WEIGHTS):
+        load_offline_rpn_weights(model, cfg.MODEL.CLIP.BB_RPN_WEIGHTS)
+    return ret
+
+
+def build_evaluator(cfg, dataset_name, output_folder=None):
+    """Evaluator by the dataset's ``evaluator_type``: COCO with per-split AP, LVIS, or a writer.
+
+    Datasets whose metadata has ``no_evaluation=True`` (e.g. ``lvis_v1_val_custom_img``) get their
+    detections written to ``<output>/<type>_instances_results.json`` without evaluation.
+    """
+    output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+    meta = MetadataCatalog.get(dataset_name)
+    kind = meta.get("evaluator_type", None)
+    if meta.get("no_evaluation", False):
+        return PredictionWriter(dataset_name, output_folder, f"{kind or 'coco'}_instances_results.json")
+    if kind == "coco":
+        return COCOSplitEvaluator(dataset_name, output_dir=output_folder)
+    if kind == "lvis":
+        return LVISEvaluatorCompat(dataset_name, output_dir=output_folder)
+    raise NotImplementedError(f"no evaluator for dataset '{dataset_name}' (evaluator_type {kind!r}); "
+                              "register it with evaluator_type 'coco' or 'lvis', or set "
+                              "no_evaluation=True in its metadata")
+
+
+class Trainer(DefaultTrainer):
+    """``DefaultTrainer`` for every RegionCLIP model.
+
+    Differences: the checkpointer reads OpenAI CLIP and original RegionCLIP files; the offline RPN
+    weights (``MODEL.CLIP.BB_RPN_WEIGHTS``) are loaded after ``MODEL.WEIGHTS``; test loaders keep
+    ground-truth boxes when regions may come from them; evaluators report base/novel AP; CPU
+    models are wrapped in DistributedDataParallel without device ids (gloo).
+    """
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        ddp_kwargs = {"device_ids": None} if on_cpu else {}
+        model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs)
+        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_cls(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = RegionCLIPCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume=True):
+        """Load weights as :func:`load_model_weights`; when resuming, continue the iteration count."""
+        load_model_weights(self.cfg, self.checkpointer.model, resume=resume,
+                           checkpointer=self.checkpointer)
+        if resume and self.checkpointer.has_checkpoint():
+            self.start_iter = self.iter + 1
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """Image-text pretraining loader when ``DATASETS.TRAIN`` contains ``"imgtxtpairs"``
+        (:func:`regionclip.data.pretrain.build_pretrain_train_loader`), else detectron2's."""
+        if is_image_text_config(cfg):
+            return build_pretrain_train_loader(cfg)
+        return super().build_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=build_test_mapper(cfg))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        evaluator = build_evaluator(cfg, dataset_name, output_folder)
+        return DatasetEvaluators([evaluator])

@@ -1,0 +1,2 @@
+"""Meta-architectures (registered in detectron2's ``META_ARCH_REGISTRY`` on import)."""
+from .clip_fast_rcnn import CLIPFastRCNN  # noqa: F401

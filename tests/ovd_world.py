@@ -1,0 +1,60 @@
+"""A tiny COCO-OVD-shaped dataset tree for end-to-end tests.
+
+Synthetic shapes named after four COCO classes (two base, two novel) are written as official-looking
+``instances_{train,val}2017.json`` files with real COCO category ids, then turned into the
+``ovd_ins_*`` jsons by ``datasets/prepare_ovd_coco.py`` — so the registered names
+``coco_2017_ovd_*`` load them from ``<root>/datasets/coco`` exactly as they would load real COCO.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import torch
+
+from regionclip.data.synthetic import make_synthetic_coco
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# (COCO id, name, split): person/car are base classes, bus/cat novel ones in the OVR-CNN split
+CLASSES = [(1, "person", "base"), (3, "car", "base"), (6, "bus", "novel"), (17, "cat", "novel")]
+BASE = [c for c in CLASSES if c[2] == "base"]
+ALL_COCO_OVD = json.load(open(os.path.join(REPO, "regionclip/data/metadata/coco_ovd_categories.json")))
+
+
+def _instances(data, coco_cats):
+    coco = json.load(open(data.coco_json))
+    remap = {c["id"]: cid for c, (cid, _, _) in zip(data.categories, CLASSES)}
+    for a in coco["annotations"]:
+        a["category_id"] = remap[a["category_id"]]
+        a["iscrowd"] = 0
+    coco["categories"] = coco_cats
+    return coco
+
+
+def make_ovd_coco_tree(root, num_train=6, num_val=4, size=(96, 128), seed=0):
+    """Write ``root/datasets/coco/{train2017,val2017,annotations}`` and return ``root/datasets``."""
+    coco_root = os.path.join(root, "datasets", "coco")
+    ann_dir = os.path.join(coco_root, "annotations")
+    os.makedirs(ann_dir, exist_ok=True)
+    cats = [{"name": n, "split": s} for _, n, s in CLASSES]
+    coco_cats = [{"id": c["id"], "name": c["name"], "supercategory": "thing"}
+                 for c in ALL_COCO_OVD["categories"]]
+    for split, n, s in (("train2017", num_train, seed), ("val2017", num_val, seed + 1)):
+        tmp = os.path.join(root, "_gen_" + split)
+        data = make_synthetic_coco(tmp, num_images=n, image_size=size, categories=cats, seed=s,
+                                   split=split, objects_per_image=(2, 3))
+        shutil.move(data.image_root, os.path.join(coco_root, split))
+        with open(os.path.join(ann_dir, f"instances_{split}.json"), "w") as f:
+            json.dump(_instances(data, coco_cats), f)
+        shutil.rmtree(tmp)
+    subprocess.run([sys.executable, os.path.join(REPO, "datasets", "prepare_ovd_coco.py"),
+                    "--coco-root", coco_root], check=True, capture_output=True)
+    return os.path.join(root, "datasets")
+
+
+def write_embeddings(path, num, dim=1024, seed=0):
+    """A random (num, dim) text-embedding file."""
+    g = torch.Generator().manual_seed(seed)
+    torch.save(torch.randn(num, dim, generator=g), path)
+    return path

@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""Train or evaluate RegionCLIP models (same command line as the original's tools/train_net.py).
+
+    python tools/train_net.py --config-file CONFIG [--eval-only] [--resume] [--num-gpus N]
+        [--num-machines M --machine-rank R --dist-url URL] [KEY VALUE ...]
+
+``MODEL.WEIGHTS`` is loaded first (an OpenAI CLIP file, a RegionCLIP or detectron2 checkpoint),
+then ``MODEL.CLIP.BB_RPN_WEIGHTS`` into the offline RPN. On a machine without GPUs add
+``MODEL.DEVICE cpu``; ``--num-gpus N`` then starts N CPU processes (gloo).
+"""
+import torch
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+from regionclip import add_regionclip_config
+from regionclip.engine import Trainer, load_model_weights
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_regionclip_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
+        cfg.MODEL.DEVICE = "cpu"  # no GPU here: run on the CPU instead of failing
+        print("No CUDA device: running on the CPU (MODEL.DEVICE cpu)")
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        load_model_weights(cfg, model, resume=args.resume)
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def invoke_main():
+    # Many dataloader workers with shared tensors exhaust file descriptors (as the original).
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
+
+
+if __name__ == "__main__":
+    invoke_main()
