@@ -149,6 +149,39 @@ def test_rn50_from_config_rpn_mode_builds_frozen_parts_and_trains(tmp_path):
         torch.testing.assert_close(o["proposals"].proposal_boxes.tensor, p.proposal_boxes.tensor)
 
 
+def _arch_json(path, embed_dim):
+    arch = {"visual": {"layers": [1, 1, 1, 1], "width": 8, "image_size": 224,
+                       "embed_dim": embed_dim, "heads": 4},
+            "text": {"width": 32, "heads": 2, "layers": 1, "embed_dim": embed_dim,
+                     "context_length": 77, "vocab_size": 49408}}
+    with open(path, "w") as f:
+        json.dump(arch, f)
+    return str(path)
+
+
+def test_from_config_with_tiny_student_and_teacher_architectures(tmp_path):
+    if "TEACHER_ARCH" not in _cfg().MODEL.CLIP:
+        pytest.skip("MODEL.CLIP.ARCH / TEACHER_ARCH are not in this config version")
+    torch.save(torch.randn(CONCEPTS, DIM), tmp_path / "pool.pth")
+    torch.save(torch.randn(CONCEPTS, TEACHER_DIM), tmp_path / "teacher_pool.pth")
+    cfg = _cfg(CROP_REGION_TYPE="RANDOM", PRETRAIN_SAMPLE_REGIONS=2,
+               ARCH=_arch_json(tmp_path / "student.json", DIM),
+               TEACHER_ARCH=_arch_json(tmp_path / "teacher.json", TEACHER_DIM),
+               CONCEPT_POOL_EMB=str(tmp_path / "pool.pth"),
+               TEACHER_CONCEPT_POOL_EMB=str(tmp_path / "teacher_pool.pth"))
+    model = build_model(cfg)
+    assert model.backbone.attnpool.c_proj.out_features == DIM
+    assert model.teacher_backbone.attnpool.c_proj.out_features == TEACHER_DIM
+    assert model.lang_encoder.text_embed_dim == DIM
+    assert model.teacher_concept_emb.shape == (CONCEPTS, TEACHER_DIM)
+    losses = model(_batch())
+    assert set(losses) == {"loss_region_distill", "loss_concept_contrastive", "loss_img_txt_level"}
+    cfg.MODEL.CLIP.TEACHER_CONCEPT_POOL_EMB = str(tmp_path / "pool.pth")
+    with pytest.raises(ValueError, match="TEACHER_CONCEPT_POOL_EMB .*pool.pth'\\) has 32-d "
+                                         "embeddings but the teacher"):
+        build_model(cfg)
+
+
 def test_loss_names_and_switches():
     batch = _batch()
     assert set(_tiny()(batch)) == {"loss_region_distill", "loss_concept_contrastive",
