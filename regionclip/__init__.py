@@ -15,5 +15,6 @@ import detectron2_ext  # noqa: F401,E402  (generic detectron2 additions)
 from .config import add_regionclip_config  # noqa: E402
 from . import data  # noqa: F401,E402  (registers datasets)
 from . import modeling  # noqa: F401,E402  (registers models)
+from .api import RegionCLIP  # noqa: E402
 
-__all__ = ["add_regionclip_config", "__version__"]
+__all__ = ["add_regionclip_config", "RegionCLIP", "__version__"]
