@@ -34,6 +34,8 @@ OUR_DATASET_NAMES = {
 IMG_TXT_TRIGGER = "imgtxtpairs"
 # The original's names that mean something else in detectron2 -> our names.
 RENAMED_DATASETS = {"lvis_v1_train": "lvis_v1_train_ovd", "lvis_v1_val": "lvis_v1_val_ovd"}
+# The original edited detectron2's GeneralizedRCNN for CLIP backbones; we register a subclass.
+RENAMED_META_ARCHS = {"GeneralizedRCNN": "CLIPGeneralizedRCNN"}
 
 # fmt: off
 RN50X4 = [
@@ -359,6 +361,8 @@ def test_yaml_reproduces_the_original(rel):
     for key in ("DATASETS.TRAIN", "DATASETS.TEST"):
         if key in expected:
             expected[key] = [RENAMED_DATASETS.get(n, n) for n in expected[key]]
+    if os.path.basename(rel).startswith("mask_rcnn_CLIP_"):  # GeneralizedRCNN (the default)
+        expected["MODEL.META_ARCHITECTURE"] = RENAMED_META_ARCHS["GeneralizedRCNN"]
     ours_set.pop("DATASETS.PATH_TRAIN", None)  # personal path in the original, relative here
     assert set(ours_set) == set(expected)
     for key, value in expected.items():

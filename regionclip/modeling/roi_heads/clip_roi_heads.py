@@ -124,6 +124,24 @@ class CLIPRes5ROIHeads(ROIHeads):
         ret["inference_chunk_size"] = cfg.MODEL.CLIP.INFERENCE_REGION_CHUNK
         return ret
 
+    def bind_backbone(self, backbone):
+        """Use ``backbone.layer4`` / ``backbone.attnpool`` when none are passed at call time.
+
+        For meta-architectures that call ROI heads with detectron2's signature (e.g.
+        :class:`CLIPGeneralizedRCNN`). The backbone is not registered as a submodule (no
+        duplicate checkpoint keys).
+        """
+        object.__setattr__(self, "_bound_backbone", backbone)
+
+    def _res5_attnpool(self, res5, attnpool):
+        bound = self.__dict__.get("_bound_backbone")
+        if res5 is None and bound is not None:
+            res5 = bound.layer4
+            use_attnpool = isinstance(self.box_predictor, CLIPFastRCNNOutputLayers) and \
+                self.box_predictor.use_text_emb_classifier
+            attnpool = bound.attnpool if use_attnpool else None
+        return res5, attnpool
+
     def _sample_proposals(self, matched_idxs, matched_labels, gt_classes):
         if not self.only_sample_fg_proposals:
             return super()._sample_proposals(matched_idxs, matched_labels, gt_classes)
@@ -146,6 +164,7 @@ class CLIPRes5ROIHeads(ROIHeads):
     def forward(self, images, features, proposals, targets=None, res5=None, attnpool=None):
         """See :meth:`ROIHeads.forward`; ``res5``/``attnpool`` are the backbone's modules."""
         del images
+        res5, attnpool = self._res5_attnpool(res5, attnpool)
         _check_res5(res5, type(self).__name__)
         if self.training:
             if not targets:
@@ -172,6 +191,7 @@ class CLIPRes5ROIHeads(ROIHeads):
             raise RuntimeError("forward_with_given_boxes is for inference")
         if not self.mask_on:
             return instances
+        res5, _ = self._res5_attnpool(res5, None)
         _check_res5(res5, type(self).__name__)
         x = self.pooler([features[f] for f in self.in_features], [i.pred_boxes for i in instances])
         return self.mask_head(res5(x), instances)
