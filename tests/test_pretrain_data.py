@@ -439,3 +439,19 @@ def test_unknown_or_mixed_factories(tmp_path):
     cfg.DATASETS.FACTORY_TRAIN = (TSV, WDS)
     with pytest.raises(ValueError, match="mixes"):
         build_pretrain_dataset(cfg)
+
+
+def test_webdataset_split_across_processes_without_duplicates(tmp_path, monkeypatch):
+    pytest.importorskip("webdataset")
+    from detectron2.utils import comm
+
+    samples = make_samples(9)
+    shards = write_wds_shards(str(tmp_path), wds_records(samples), per_shard=2)  # 5 shards
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    per_rank = []
+    for rank in (0, 1):
+        monkeypatch.setattr(comm, "get_rank", lambda rank=rank: rank)
+        dataset = WebDatasetImageText(shards, decode_text=CaptionDecoder(), repeat=False, seed=5)
+        per_rank.append({item["key"] for item in dataset})
+    assert per_rank[0] and per_rank[1] and not per_rank[0] & per_rank[1]
+    assert per_rank[0] | per_rank[1] == {k for k, _, _ in samples}
