@@ -429,16 +429,17 @@ _OTHER_KEYS: List[ConfigKey] = [
     ConfigKey(
         "DATASETS.FACTORY_TRAIN",
         (),
-        "Dataset class per DATASETS.TRAIN entry when TRAIN contains 'imgtxtpairs' (pretraining "
-        "image-caption data).",
-        "tuple of 'CLIPImgTxtPairTSVDataset' (one per TRAIN entry; '+'-joinable)",
+        "Dataset reader per DATASETS.TRAIN entry when TRAIN contains 'imgtxtpairs' (pretraining "
+        "image-caption data): the original's TSV pairs, or WebDataset tar shards (new).",
+        "tuple of 'CLIPImgTxtPairTSVDataset' / 'WebDatasetImageText' (one per TRAIN entry; "
+        "'+'-joinable)",
         _PRETRAIN_DATA,
     ),
     ConfigKey(
         "DATASETS.PATH_TRAIN",
         (),
         "Folder or file per DATASETS.TRAIN entry of the pretraining image-caption data (paired "
-        "*image*.tsv / *text*.tsv files).",
+        "*image*.tsv / *text*.tsv files, or WebDataset shards: a folder, a brace pattern or a tar).",
         "tuple of paths (one per TRAIN entry; '+'-joinable)",
         _PRETRAIN_DATA,
     ),
