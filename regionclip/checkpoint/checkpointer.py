@@ -30,6 +30,32 @@ OFFLINE_MODULES = {
 }
 
 
+# Checkpoint prefixes of parts a model may legitimately lack: a RegionCLIP *pretrained*
+# checkpoint loaded into CLIPFastRCNN carries its pretraining teacher and its text encoder.
+_INTENTIONALLY_UNUSED = {
+    "teacher_backbone.": "the pretraining teacher",
+    "teacher_roi_heads.": "the pretraining teacher",
+    "lang_encoder.": "the text encoder (built only with MODEL.CLIP.GET_CONCEPT_EMB)",
+}
+# Box-predictor tables a pretrained checkpoint lacks: they come from embedding files (or are 0).
+_FROM_EMBEDDING_FILES = {f"roi_heads.box_predictor.{n}.weight"
+                         for n in ("cls_score", "cls_bg_score", "test_cls_score")}
+
+
+def _drop_intentionally_unused(state_dict, model, log):
+    """Remove (and report once per prefix) checkpoint parts the model does not have on purpose."""
+    own = set(model.state_dict().keys())
+    for prefix, what in _INTENTIONALLY_UNUSED.items():
+        if any(k.startswith(prefix) for k in own):
+            continue
+        keys = [k for k in state_dict if k.startswith(prefix)]
+        if keys:
+            log.info("Intentionally unused: %d %s* tensors of the checkpoint (%s)", len(keys),
+                     prefix, what)
+            for k in keys:
+                del state_dict[k]
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, (DataParallel, DistributedDataParallel)) else model
 
@@ -73,6 +99,9 @@ class RegionCLIPCheckpointer(DetectionCheckpointer):
         return read_torch_file(f)
 
     def _load_model(self, checkpoint):
+        model = _unwrap(self.model)
+        if not checkpoint.get(_CLIP_FORMAT, False):
+            _drop_intentionally_unused(checkpoint["model"], model, self.logger)
         if checkpoint.pop(_CLIP_FORMAT, False):
             model = _unwrap(self.model)
             mapped, report = map_clip_to_model(checkpoint["model"], model, raise_on_mismatch=True)
@@ -81,6 +110,16 @@ class RegionCLIPCheckpointer(DetectionCheckpointer):
             checkpoint["model"] = mapped
             checkpoint["matching_heuristics"] = False
         return super()._load_model(checkpoint)
+
+    def _log_incompatible_keys(self, incompatible):
+        expected = [k for k in incompatible.missing_keys if k in _FROM_EMBEDDING_FILES]
+        if expected:
+            self.logger.info("Not in the checkpoint, as expected: %s (text-embedding classifier "
+                             "from MODEL.CLIP.TEXT_EMB_PATH / OPENSET_TEST_TEXT_EMB_PATH; constant "
+                             "zero background embedding)", ", ".join(expected))
+            for k in expected:
+                incompatible.missing_keys.remove(k)
+        super()._log_incompatible_keys(incompatible)
 
     def load_offline_rpn_weights(self, path: str, strict: bool = False) -> "OfflineLoadReport":
         """:func:`load_offline_rpn_weights` on this checkpointer's model."""

@@ -1,0 +1,269 @@
+#!/usr/bin/env python
+"""Speed and memory of RegionCLIP on this machine, next to the FLOP roof.
+
+    python tools/benchmark.py [--cases roof,zeroshot,train,pretrain] [--regions 100 300 1000]
+                              [--size 800 1216] [--json output/benchmark.json]
+
+Every case runs in its own process (peak memory = that process's max RSS). The models use
+random weights with realistic frozen-BN statistics (speed does not depend on the values). FLOPs
+are counted with ``torch.utils.flop_counter`` on the same inputs; "roof" is this machine's measured
+fp32 matmul throughput, so ``efficiency = FLOPs / time / roof``. Results go to stdout (a markdown
+table) and to ``--json``; docs/PERFORMANCE.md records a run.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ZS_CONFIG = os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd_zsinf.yaml")
+TRAIN_CONFIG = os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd.yaml")
+PRETRAIN_CONFIG = os.path.join(REPO, "configs/pretrain/RegionCLIP_RN50.yaml")
+
+
+def _peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _timeit(fn, repeats):
+    fn()  # warm-up (allocator, oneDNN primitive cache)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _flops(fn):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def case_roof(args):
+    import torch
+
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    seconds = _timeit(lambda: a @ b, 5)
+    return {"case": "roof", "gflops_fp32": 2 * n ** 3 / seconds / 1e9, "threads": torch.get_num_threads()}
+
+
+def _realistic_random_weights(model):
+    import torch
+
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name.endswith("running_var"):
+                buf.uniform_(0.5, 2.0)
+            elif name.endswith("weight") and buf.dim() == 1:  # FrozenBN gamma
+                buf.uniform_(0.2, 0.6)
+
+
+def _build(config, opts):
+    import regionclip  # noqa: F401  (registration)
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    cfg = get_cfg()
+    regionclip.add_regionclip_config(cfg)
+    cfg.merge_from_file(config)
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu"] + list(opts))
+    model = build_model(cfg)
+    _realistic_random_weights(model)
+    return cfg, model
+
+
+def _boxes(n, h, w, seed=0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
+    wh = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.3, h * 0.3]) + 16
+    return torch.cat([xy, xy + wh], dim=1)
+
+
+def case_zeroshot(args):
+    """Zero-shot inference with N given regions (GT mode), one image."""
+    import torch
+    from detectron2.structures import Boxes, Instances
+
+    torch.manual_seed(0)
+    emb = os.path.join(args.tmp, "emb65.pth")
+    torch.save(torch.randn(65, 1024), emb)
+    h, w = args.size
+    cfg, model = _build(ZS_CONFIG, ["MODEL.CLIP.CROP_REGION_TYPE", "GT", "MODEL.CLIP.TEXT_EMB_PATH", emb,
+                                    "MODEL.CLIP.INFERENCE_REGION_CHUNK", str(args.chunk),
+                                    "INPUT.MIN_SIZE_TEST", str(h), "INPUT.MAX_SIZE_TEST", str(w)])
+    model.eval()
+    inst = Instances((h, w))
+    inst.gt_boxes = Boxes(_boxes(args.num_regions, h, w))
+    inputs = [{"image": torch.randint(0, 255, (3, h, w), dtype=torch.uint8), "instances": inst,
+               "height": h, "width": w}]
+    heads = model.roi_heads
+    with torch.no_grad():
+        images = model.preprocess_image(inputs)
+        feats = model.backbone(images.tensor)
+        pooled = heads.pooler([feats["res4"]], [inst.gt_boxes])
+        run_all = lambda: model(inputs)  # noqa: E731
+        seconds = _timeit(run_all, args.repeats)
+        backbone_s = _timeit(lambda: model.backbone(images.tensor), args.repeats)
+        head_s = _timeit(lambda: model.backbone.attnpool(model.backbone.layer4(pooled[:64])), args.repeats)
+        flops = _flops(run_all)
+        flops_backbone = _flops(lambda: model.backbone(images.tensor))
+        flops_head64 = _flops(lambda: model.backbone.attnpool(model.backbone.layer4(pooled[:64])))
+        flops_attn64 = _flops(lambda: model.backbone.attnpool(model.backbone.layer4(pooled[:64]))) - \
+            _flops(lambda: model.backbone.layer4(pooled[:64]))
+    return {"case": f"zeroshot_{args.num_regions}", "regions": args.num_regions, "chunk": args.chunk,
+            "seconds": seconds, "gflop": flops / 1e9, "backbone_seconds": backbone_s,
+            "backbone_gflop": flops_backbone / 1e9, "head_seconds_per_region": head_s / 64,
+            "head_gflop_per_region": flops_head64 / 64 / 1e9,
+            "attnpool_gflop_per_region": flops_attn64 / 64 / 1e9}
+
+
+def case_train(args):
+    """One CLIPFastRCNN training step (COCO config, focal loss) on N sampled regions."""
+    import torch
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    torch.manual_seed(0)
+    emb = os.path.join(args.tmp, "emb48.pth")
+    torch.save(torch.randn(48, 1024), emb)
+    h, w = args.size
+    n = args.num_regions
+    cfg, model = _build(TRAIN_CONFIG, ["MODEL.CLIP.CROP_REGION_TYPE", "GT", "MODEL.CLIP.TEXT_EMB_PATH", emb,
+                                       "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", str(n),
+                                       "MODEL.ROI_HEADS.POSITIVE_FRACTION", "1.0"])
+    model.train()
+    inst = Instances((h, w))
+    inst.gt_boxes = Boxes(_boxes(n - 1, h, w))  # + the GT box appended to proposals = n regions
+    inst.gt_classes = torch.randint(0, 48, (n - 1,))
+    inputs = [{"image": torch.randint(0, 255, (3, h, w), dtype=torch.uint8), "instances": inst}]
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+
+    def step():
+        with EventStorage():
+            loss = sum(model(inputs).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    seconds = _timeit(step, args.repeats)
+    return {"case": f"train_step_{n}", "regions": n, "seconds": seconds, "gflop": _flops(step) / 1e9}
+
+
+def case_pretrain(args):
+    """One PretrainFastRCNN step: teacher + student, N regions per image (RANDOM regions), RN50."""
+    import torch
+    from detectron2.utils.events import EventStorage
+
+    torch.manual_seed(0)
+    pool = os.path.join(args.tmp, "pool.pth")
+    torch.save(torch.randn(4764, 1024), pool)
+    h, w = args.size
+    cfg, model = _build(PRETRAIN_CONFIG, ["MODEL.CLIP.CROP_REGION_TYPE", "RANDOM",
+                                          "MODEL.CLIP.PRETRAIN_SAMPLE_REGIONS", str(args.num_regions),
+                                          "MODEL.CLIP.CONCEPT_POOL_EMB", pool, "MODEL.CLIP.GATHER_GPUS", "False"])
+    model.train()
+    from regionclip.clip.tokenizer import tokenize
+
+    inputs = [{"image": torch.rand(3, h, w), "captions": tokenize(["a photo of a cat on a sofa"]),
+               "key": "0", "dataset": "bench", "orig_size": (h, w)}]
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+
+    def step():
+        with EventStorage():
+            loss = sum(model(inputs).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    seconds = _timeit(step, args.repeats)
+    return {"case": f"pretrain_step_{args.num_regions}", "regions": args.num_regions,
+            "seconds": seconds, "gflop": _flops(step) / 1e9}
+
+
+CASES = {"roof": case_roof, "zeroshot": case_zeroshot, "train": case_train, "pretrain": case_pretrain}
+
+
+def run_child(args):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args.tmp = tmp
+        result = CASES[args.child](args)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    print("RESULT " + json.dumps(result))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default="roof,zeroshot,train,pretrain")
+    parser.add_argument("--regions", type=int, nargs="+", default=[100, 300, 1000])
+    parser.add_argument("--train-regions", type=int, default=128)
+    parser.add_argument("--size", type=int, nargs=2, default=[800, 1216], metavar=("H", "W"))
+    parser.add_argument("--chunk", type=int, nargs="+", default=[0, 128],
+                        help="MODEL.CLIP.INFERENCE_REGION_CHUNK values for the zero-shot cases")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--json", default=os.path.join(REPO, "output", "benchmark.json"))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--num-regions", type=int, default=100, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        args.chunk = args.chunk[0]
+        return run_child(args)
+    jobs = []
+    for case in args.cases.split(","):
+        if case not in CASES:
+            parser.error(f"unknown case {case!r}; choose from {sorted(CASES)}")
+        if case == "zeroshot":
+            jobs += [(case, n, c) for n in args.regions for c in args.chunk]
+        elif case == "train":
+            jobs.append((case, args.train_regions, 0))
+        elif case == "pretrain":
+            jobs.append((case, 100, 0))
+        else:
+            jobs.append((case, 0, 0))
+    results = []
+    try:
+        from tqdm import tqdm
+        jobs_iter = tqdm(jobs, desc="benchmark", unit="case")
+    except ImportError:
+        jobs_iter = jobs
+    for case, n, chunk in jobs_iter:
+        cmd = [sys.executable, __file__, "--child", case, "--num-regions", str(n), "--chunk", str(chunk),
+               "--size", *map(str, args.size), "--repeats", str(args.repeats)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            raise RuntimeError(f"benchmark case {case} ({n} regions) failed:\n{proc.stderr[-3000:]}")
+        results.append(json.loads(lines[-1][7:]))
+    roof = next((r["gflops_fp32"] for r in results if r["case"] == "roof"), None)
+    print(f"\n| case | regions | chunk | seconds | GFLOP | efficiency vs roof | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        if r["case"] == "roof":
+            print(f"| fp32 matmul roof ({r['threads']} threads) | | | | {r['gflops_fp32']:.1f} GFLOP/s | | {r['peak_rss_mb']:.0f} |")
+            continue
+        eff = f"{r['gflop'] / r['seconds'] / roof:.0%}" if roof else "n/a"
+        print(f"| {r['case']} | {r.get('regions', '')} | {r.get('chunk', '')} | {r['seconds']:.2f} | "
+              f"{r['gflop']:.0f} | {eff} | {r['peak_rss_mb']:.0f} |")
+        if "head_seconds_per_region" in r and roof:
+            head_eff = r["head_gflop_per_region"] / r["head_seconds_per_region"] / roof
+            print(f"|   per-region head (res5 + attnpool), batch 64 | | | {r['head_seconds_per_region']*1000:.1f} ms/region | "
+                  f"{r['head_gflop_per_region']:.2f} (attnpool {r['attnpool_gflop_per_region']:.2f}) | {head_eff:.0%} | |")
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
