@@ -374,12 +374,21 @@ _NEW_CLIP_KEYS: List[ConfigKey] = [
     ),
     _clip(
         "INFERENCE_REGION_CHUNK",
-        0,
+        256,
         "New key. At inference run res5 and the attention pool on at most this many regions at a "
-        "time (bounds peak memory; same result); 0 processes all regions of the batch at once, "
-        "like the original.",
+        "time (bounds peak memory as the number of regions grows; same result); 0 processes all "
+        "regions of the batch at once, like the original.",
         "int >= 0",
         _ROI_HEADS,
+    ),
+    _clip(
+        "INFERENCE_DTYPE",
+        "float32",
+        "New key. Precision of the recognition backbone and per-region head at inference: "
+        "'float32' as the original, or an opt-in autocast to 'bfloat16' (fast on CPUs with bf16 "
+        "units) / 'float16' (GPU). Region classification always runs in float32.",
+        "'float32' / 'bfloat16' / 'float16'",
+        _CLIP_FAST_RCNN,
     ),
     _clip(
         "TOKENIZE_TRUNCATE",

@@ -67,6 +67,7 @@ class CLIPFastRCNN(OfflineRPNMixin, nn.Module):
         use_clip_c4: bool = True,
         use_clip_attpool: bool = True,
         vis_period: int = 0,
+        inference_dtype: str = "float32",
     ):
         """
         Args:
@@ -82,6 +83,8 @@ class CLIPFastRCNN(OfflineRPNMixin, nn.Module):
             use_clip_c4 (bool): C4 mode, the ROI heads borrow ``backbone.layer4``.
             use_clip_attpool (bool): pool regions with ``backbone.attnpool`` (else spatial mean).
             vis_period (int): log proposal pictures to the event storage every this many iterations.
+            inference_dtype (str): "float32" (default) or "bfloat16" / "float16": the backbone and
+                the per-region head run under autocast at inference; classification stays fp32.
         """
         super().__init__()
         if crop_region_type not in ("GT", "RPN"):
@@ -98,6 +101,11 @@ class CLIPFastRCNN(OfflineRPNMixin, nn.Module):
         self.use_clip_c4 = use_clip_c4
         self.use_clip_attpool = use_clip_attpool
         self.vis_period = vis_period
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if inference_dtype not in dtypes:
+            raise ValueError(f"MODEL.CLIP.INFERENCE_DTYPE must be one of {sorted(dtypes)}, got "
+                             f"{inference_dtype!r}")
+        self.inference_dtype = dtypes[inference_dtype]
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.div_pixel = float(np.sum(pixel_mean)) < 3.0
@@ -128,6 +136,7 @@ class CLIPFastRCNN(OfflineRPNMixin, nn.Module):
             "use_clip_attpool": (cfg.MODEL.ROI_HEADS.NAME in CLIP_ROI_HEADS
                                  and clip.USE_TEXT_EMB_CLASSIFIER),
             "vis_period": cfg.VIS_PERIOD,
+            "inference_dtype": clip.INFERENCE_DTYPE,
         }
 
     @property
@@ -179,11 +188,17 @@ class CLIPFastRCNN(OfflineRPNMixin, nn.Module):
             raise RuntimeError("inference() needs the model in eval mode")
         proposals = self.get_proposals(batched_inputs)
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
-        results, _ = self.roi_heads(images, features, proposals, None, **self._head_modules())
+        with self._compute_precision():
+            features = self.backbone(images.tensor)
+            results, _ = self.roi_heads(images, features, proposals, None, **self._head_modules())
         if not do_postprocess:
             return results
         return self._postprocess(results, batched_inputs)
+
+    def _compute_precision(self):
+        """Autocast context for the recognition branch at inference (``MODEL.CLIP.INFERENCE_DTYPE``)."""
+        enabled = self.inference_dtype != torch.float32
+        return torch.autocast(self.device.type, dtype=self.inference_dtype, enabled=enabled)
 
     @staticmethod
     def _postprocess(instances, batched_inputs):

@@ -175,7 +175,8 @@ class CLIPRes5ROIHeads(ROIHeads):
         chunk = 0 if self.training else self.inference_chunk_size
         emb, box_features = region_embeddings(self.pooler, feats, [p.proposal_boxes for p in proposals],
                                               res5, attnpool, chunk)
-        predictions = self.box_predictor(emb)
+        with torch.autocast(emb.device.type, enabled=False):  # classify in full precision
+            predictions = self.box_predictor(emb.float())
         if self.training:
             losses = self.box_predictor.losses(predictions, proposals)
             if self.mask_on:
