@@ -85,7 +85,8 @@ def test_draws_one_picture_per_image_with_the_selected_predictions(tmp_path):
     # image ids are the sorted-file indices: a=0, b=1, c=2 (no predictions); id 9 is unknown
     preds = ([_pred(0.9 - i / 100, [i, i, 20, 30], 0, category_id=1 + i) for i in range(30)]
              + [_pred(0.95, [0, 0, 10, 10], 1), _pred(0.9, [0, 0, 10, 10], 1, category_id=7),
-                _pred(0.01, [5, 5, 40, 40], 1), _pred(0.8, [1, 1, 4, 4], 1), _pred(0.5, [0, 0, 5, 5], 9)])
+                _pred(0.01, [5, 5, 40, 40], 1), _pred(0.8, [1, 1, 4, 4], 1),
+                _pred(0.5, [0, 0, 5, 5], 9)])
     results = tmp_path / "results.json"
     results.write_text(json.dumps(preds))
     drawn = vj.visualize_json_results(str(results), str(tmp_path / "out"), name,

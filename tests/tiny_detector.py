@@ -6,13 +6,17 @@ CLIPFastRCNN yaml into a model that runs in well under a second per small image 
 import os
 
 import numpy as np
+import torch
 from PIL import Image
+from torchvision.ops import roi_align
 
 from tiny_clip import TINY_OPTS, write_tiny_clip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LVIS_RPN = os.path.join(REPO, "configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
 ZSINF = os.path.join(REPO, "configs/LVISv1-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_zsinf.yaml")
+MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
+STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
 CUSTOM = os.path.join(REPO,
                       "configs/LVISv1-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_custom_img.yaml")
 
@@ -66,3 +70,16 @@ def write_images(folder, names_sizes, seed=0):
         Image.fromarray(img).save(path)
         paths.append(path)
     return paths
+
+
+@torch.no_grad()
+def independent_features(model, image, boxes):
+    """attnpool(layer4(RoIAlignV2 14x14 on res4)) of XYXY ``boxes`` of a (3, H, W) 0-255 RGB image,
+    written out with torchvision's roi_align (CLIP normalisation, res4 stride 16)."""
+    x = ((torch.as_tensor(image).float() / 255.0 - MEAN) / STD)[None]
+    res4 = model.backbone(x)["res4"]
+    boxes = torch.as_tensor(boxes, dtype=torch.float32)
+    rois = torch.cat([torch.zeros(len(boxes), 1), boxes], dim=1)
+    pooled = roi_align(res4, rois, output_size=14, spatial_scale=1 / 16, sampling_ratio=0,
+                       aligned=True)
+    return model.backbone.attnpool(model.backbone.layer4(pooled))

@@ -54,7 +54,8 @@ def load_predictions(path: str) -> List[dict]:
         except json.JSONDecodeError as e:
             raise ValueError(f"--input '{path}' is not valid json: {e}") from None
     if not isinstance(preds, list):
-        raise ValueError(f"--input '{path}' must hold a list of detections, got {type(preds).__name__}")
+        raise ValueError(f"--input '{path}' must hold a list of detections, got "
+                         f"{type(preds).__name__}")
     for i, p in enumerate(preds):
         missing = [k for k in _KEYS if not isinstance(p, dict) or k not in p]
         if missing or len(p["bbox"]) != 4:

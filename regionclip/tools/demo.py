@@ -1,0 +1,284 @@
+"""Open-vocabulary detection on one's own images: the logic of ``tools/demo.py``.
+
+    python tools/demo.py --input IMAGE_OR_FOLDER [...] --vocabulary cat dog "remote control"
+        --weights pretrained_ckpt/regionclip/regionclip_pretrained-cc_rn50.pth --output OUT
+        [--config-file CFG] [--score-threshold S] [--boxes-json BOXES.json] [--device cpu]
+        [--opts KEY VALUE ...]
+
+``--vocabulary`` takes class names, ``.txt`` files (one name per line) and named vocabularies
+(``coco`` = ``coco_80``, ``coco_65``, ``coco_48``, ``coco_17``, ``lvis`` = ``lvis_1203``,
+``lvis_866``), concatenated in order. Text embeddings are computed on the fly with the
+checkpoint's text encoder (81-prompt ensemble). Regions come from the config (the offline RPN
+of the default custom-image config) or, with ``--boxes-json``, from a json
+``{image: [[x0, y0, x1, y1], ...]}`` whose keys are the image paths as given or their file names.
+
+Writes ``OUT/<image file name>`` (boxes and labels drawn with detectron2's Visualizer) and
+``OUT/detections.json`` = ``{image: [{"box": [x0, y0, x1, y1], "label": str, "score": float}]}``
+(image pixels, best first). With the custom-image config (``MODEL.CLIP.MULTIPLY_RPN_SCORE`` and
+``VIS``), detections from RPN regions are ranked and thresholded by ``sqrt(prob * objectness)``
+but report the class probability, as the original's visualisation; given boxes are ranked and
+thresholded by the probability itself.
+"""
+import argparse
+import json
+import logging
+import os
+import re
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from regionclip.data.datasets.lvis_ovd import IMAGE_EXTENSIONS
+from regionclip.data.vocabularies import VOCABULARY_NAMES, get_vocabulary
+from regionclip.tools.concepts import read_concepts_file
+
+__all__ = ["resolve_vocabulary", "list_images", "load_boxes_json", "draw_detections",
+           "run_demo", "build_parser", "main"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = "configs/LVISv1-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_custom_img.yaml"
+DEFAULT_RPN_CONFIG = "configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"
+ALIASES = {"coco": "coco_80", "lvis": "lvis_1203"}
+_NAMED = re.compile(r"^(coco|lvis)(_\d+)?$")
+JSON_NAME = "detections.json"
+
+
+def resolve_vocabulary(items: Sequence[str]) -> List[str]:
+    """Class names from words, ``.txt`` files and named vocabularies (see the module doc).
+
+    Raises:
+        KeyError: an unknown named vocabulary (``coco_*``/``lvis_*``).
+        FileNotFoundError / ValueError: a missing or empty ``.txt`` file, an empty name, or no
+            name at all.
+    """
+    names = []
+    for item in items:
+        if _NAMED.match(item):
+            name = ALIASES.get(item, item)
+            if name not in VOCABULARY_NAMES:
+                raise KeyError(f"unknown named vocabulary '{item}'; valid names: "
+                               f"{', '.join(list(ALIASES) + list(VOCABULARY_NAMES))}")
+            names += get_vocabulary(name)
+        elif item.endswith(".txt"):
+            names += read_concepts_file(item)
+        elif item.strip():
+            names.append(item.strip())
+        else:
+            raise ValueError("empty class name in --vocabulary")
+    if not names:
+        raise ValueError("the vocabulary is empty: give class names, a .txt file or a named "
+                         "vocabulary with --vocabulary")
+    unique = list(dict.fromkeys(names))
+    if len(unique) != len(names):
+        logger.warning("--vocabulary: %d repeated names kept once", len(names) - len(unique))
+    return unique
+
+
+def list_images(inputs: Sequence[str]) -> List[str]:
+    """Image files from files and folders (a folder's image files, sorted), checked to decode.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        ValueError: a folder has no image file, or a file is not a readable image.
+    """
+    from PIL import Image
+
+    files = []
+    for path in inputs:
+        if os.path.isdir(path):
+            entries = sorted(os.listdir(path))
+            found = [os.path.join(path, e) for e in entries if e.lower().endswith(IMAGE_EXTENSIONS)
+                     and os.path.isfile(os.path.join(path, e))]
+            taken = set(found)
+            others = [e for e in entries if os.path.join(path, e) not in taken]
+            if others:
+                logger.warning("%s: ignoring %d entries that are not image files (%s): %s", path,
+                               len(others), ", ".join(IMAGE_EXTENSIONS), others[:10])
+            if not found:
+                raise ValueError(f"folder '{path}' has no image file "
+                                 f"({', '.join(IMAGE_EXTENSIONS)})")
+            files += found
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"image '{path}' does not exist")
+    for f in files:
+        try:
+            with Image.open(f) as img:
+                img.verify()
+        except Exception as e:  # PIL raises several types for undecodable files
+            raise ValueError(f"could not decode image '{f}': {e}") from None
+    return files
+
+
+def load_boxes_json(path: str, images: Sequence[str]) -> Dict[str, np.ndarray]:
+    """Given regions per image from ``{image: [[x0, y0, x1, y1], ...]}`` (keys: path or file name).
+
+    Raises:
+        ValueError: bad json, an image without an entry, or a malformed or empty box list.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--boxes-json '{path}' does not exist")
+    with open(path) as f:
+        try:
+            table = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--boxes-json '{path}' is not valid json: {e}") from None
+    if not isinstance(table, dict):
+        raise ValueError(f"--boxes-json '{path}' must map image paths to box lists")
+    out = {}
+    for image in images:
+        key = image if image in table else os.path.basename(image)
+        if key not in table:
+            raise ValueError(f"--boxes-json '{path}' has no boxes for image '{image}' (keys are "
+                             "image paths as given or file names)")
+        boxes = np.asarray(table[key], dtype=np.float32)
+        if boxes.ndim != 2 or boxes.shape[1] != 4 or len(boxes) == 0:
+            raise ValueError(f"--boxes-json '{path}', image '{key}': expected a non-empty list of "
+                             f"[x0, y0, x1, y1], got shape {boxes.shape}")
+        out[image] = boxes
+    return out
+
+
+def draw_detections(image: np.ndarray, detections: Sequence[dict], vocabulary: Sequence[str]):
+    """An RGB picture of ``detections`` (boxes, "label score" captions) on ``image`` (RGB)."""
+    import torch
+    from detectron2.data.catalog import Metadata
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.visualizer import Visualizer
+
+    index = {name: i for i, name in enumerate(vocabulary)}
+    inst = Instances(image.shape[:2])
+    inst.pred_boxes = Boxes(torch.tensor([d["box"] for d in detections],
+                                         dtype=torch.float32).reshape(-1, 4))
+    inst.scores = torch.tensor([d["score"] for d in detections], dtype=torch.float32)
+    inst.pred_classes = torch.tensor([index[d["label"]] for d in detections], dtype=torch.long)
+    metadata = Metadata(name="regionclip_demo", thing_classes=list(vocabulary))
+    return Visualizer(image, metadata).draw_instance_predictions(inst).get_image()
+
+
+def _picture_names(images: Sequence[str]) -> List[str]:
+    owner = {}
+    for image in images:
+        name = os.path.basename(image)
+        if name in owner:
+            raise ValueError(f"images '{owner[name]}' and '{image}' would both be drawn to "
+                             f"'{name}'")
+        owner[name] = image
+    return [os.path.basename(i) for i in images]
+
+
+def run_demo(detector, images: Sequence[str], vocabulary: Sequence[str], output_dir: str,
+             score_threshold: Optional[float] = None,
+             boxes: Optional[Dict[str, np.ndarray]] = None, progress: bool = True) -> dict:
+    """Detect ``vocabulary`` in ``images`` and write the pictures and ``detections.json``.
+
+    Args:
+        detector (RegionCLIP): the model.
+        images (sequence[str]): image files.
+        vocabulary (sequence[str]): class names.
+        output_dir (str): created if needed.
+        score_threshold (float or None): None keeps the config's.
+        boxes (dict or None): given regions per image (from :func:`load_boxes_json`).
+        progress (bool): tqdm progress bar.
+
+    Returns:
+        dict: ``{image: [{"box", "label", "score"}, ...]}`` as written to the json.
+    """
+    import cv2
+    from tqdm import tqdm
+
+    from regionclip.api import read_rgb_image
+
+    names = _picture_names(images)
+    os.makedirs(output_dir, exist_ok=True)
+    results = {}
+    for image, name in tqdm(list(zip(images, names)), disable=not progress, desc="detecting",
+                            unit="img"):
+        rgb = read_rgb_image(image)
+        dets = detector.detect(rgb, vocabulary, boxes=None if boxes is None else boxes[image],
+                               score_threshold=score_threshold)
+        picture = draw_detections(rgb, dets, vocabulary)
+        path = os.path.join(output_dir, name)
+        if not cv2.imwrite(path, np.ascontiguousarray(picture[:, :, ::-1])):
+            raise ValueError(f"could not write '{path}' (unsupported extension?)")
+        results[image] = dets
+    with open(os.path.join(output_dir, JSON_NAME), "w") as f:
+        json.dump(results, f, indent=1)
+    return results
+
+
+def _resolve_path(path: str) -> str:
+    """``path`` as given, else relative to the repository (for the default configs)."""
+    if os.path.exists(path) or os.path.isabs(path):
+        return path
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    candidate = os.path.join(repo, path)
+    return candidate if os.path.exists(candidate) else path
+
+
+def _model_opts(config_file: str, weights: Optional[str], opts: Sequence[str]) -> List[str]:
+    """Check the config early and add the default offline RPN config when it has none."""
+    from detectron2.config import get_cfg
+
+    from regionclip.config import add_regionclip_config
+
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"--config-file '{config_file}' does not exist")
+    cfg = get_cfg()
+    add_regionclip_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if not (weights or cfg.MODEL.WEIGHTS):
+        raise ValueError("no checkpoint: give --weights (a RegionCLIP or OpenAI CLIP file)")
+    opts = list(opts)
+    if cfg.MODEL.CLIP.CROP_REGION_TYPE == "RPN" and not cfg.MODEL.CLIP.OFFLINE_RPN_CONFIG:
+        rpn = _resolve_path(DEFAULT_RPN_CONFIG)
+        logger.info("MODEL.CLIP.OFFLINE_RPN_CONFIG not set: using %s", rpn)
+        opts += ["MODEL.CLIP.OFFLINE_RPN_CONFIG", rpn]
+    return opts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (see the module doc)."""
+    parser = argparse.ArgumentParser(description="RegionCLIP open-vocabulary detection demo.")
+    parser.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
+    parser.add_argument("--vocabulary", nargs="+", required=True,
+                        help="class names, .txt files (one per line) or named vocabularies ("
+                        f"{', '.join(list(ALIASES) + list(VOCABULARY_NAMES))})")
+    parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--config-file", default=DEFAULT_CONFIG, help="a CLIPFastRCNN yaml")
+    parser.add_argument("--weights", default=None, help="checkpoint (MODEL.WEIGHTS)")
+    parser.add_argument("--score-threshold", type=float, default=None,
+                        help="minimum score (default: the config's SCORE_THRESH_TEST); with RPN "
+                        "regions and MULTIPLY_RPN_SCORE it applies to sqrt(prob * objectness) "
+                        "while the reported score is the class probability (MODEL.CLIP.VIS)")
+    parser.add_argument("--boxes-json", default=None,
+                        help="json {image: [[x0, y0, x1, y1], ...]} of regions to classify")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
+                        help="config overrides KEY VALUE ... (last option)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    """Run the demo (``argv`` without the program name; default ``sys.argv``)."""
+    import torch
+
+    from regionclip.api import RegionCLIP
+
+    args = build_parser().parse_args(argv)
+    if len(args.opts) % 2:
+        raise ValueError(f"--opts needs KEY VALUE pairs, got {args.opts}")
+    vocabulary = resolve_vocabulary(args.vocabulary)
+    images = list_images(args.input)
+    boxes = load_boxes_json(args.boxes_json, images) if args.boxes_json else None
+    config_file = _resolve_path(args.config_file)
+    opts = _model_opts(config_file, args.weights, args.opts)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    detector = RegionCLIP.from_config(config_file, weights=args.weights, opts=opts, device=device)
+    results = run_demo(detector, images, vocabulary, args.output, args.score_threshold, boxes)
+    print(f"{sum(len(v) for v in results.values())} detections on {len(results)} images; "
+          f"pictures and {JSON_NAME} in {args.output}")
+    return results
