@@ -210,6 +210,7 @@ def test_each_process_handles_its_own_shard(world, tmp_path, monkeypatch, capsys
     args = rf.build_parser().parse_args(["--config-file", ZSINF] + world["opts"] + [
         "INPUT_DIR", str(inp), "OUTPUT_DIR", str(out), "MODEL.CLIP.TEXT_EMB_PATH", world["emb"]])
     other = {"done": 1, "skipped": []}  # what the other process reports
+    monkeypatch.setattr(rf, "build_extraction_model", lambda cfg: world["model"])  # same model
     monkeypatch.setattr(rf.comm, "get_world_size", lambda: 2)
     monkeypatch.setattr(rf.comm, "all_gather", lambda mine: [mine, other])
     for rank, expected in ((1, {"im1.pth"}), (0, {"im0.pth", "im1.pth", "im2.pth"})):

@@ -282,7 +282,8 @@ def setup(args):
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
-        cfg.MODEL.DEVICE = "cpu"
+        cfg.MODEL.DEVICE = "cpu"  # no GPU here: run on the CPU instead of failing
+        print("No CUDA device: running on the CPU (MODEL.DEVICE cpu)")
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
