@@ -171,8 +171,11 @@ class RegionCLIP:
             vocabulary (sequence[str]): class names; embeddings are made on the fly.
             boxes: optional (N, 4) XYXY regions in image pixels to classify instead of the
                 config's regions (offline RPN or ground truth).
-            score_threshold (float or None): minimum score (default: the config's
-                ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``).
+            score_threshold (float or None): detections must score above it (default: the
+                config's ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``). With ``MULTIPLY_RPN_SCORE`` and
+                ``VIS`` (the custom-image config) the threshold applies to
+                sqrt(probability * RPN logit) while the returned score is the class probability,
+                as in the original, so returned scores can be below it.
             prompt_ensemble (bool): see :meth:`encode_text`.
 
         Returns:
