@@ -12,14 +12,13 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 from .clip.prompts import ensemble_text_embeddings
-from .config import add_regionclip_config
+from .config import load_config
 from .engine.trainer import load_model_weights
 from .modeling.roi_heads import region_embeddings
 
@@ -73,10 +72,7 @@ class RegionCLIP:
             opts (sequence): ``KEY VALUE`` overrides, as on the command line.
             device (str): "cpu" or "cuda[:i]".
         """
-        cfg = get_cfg()
-        add_regionclip_config(cfg)
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(list(opts))
+        cfg = load_config(config_file, opts, cpu_fallback=False)
         if cfg.MODEL.META_ARCHITECTURE != "CLIPFastRCNN":
             raise ValueError(f"RegionCLIP needs a CLIPFastRCNN config; {config_file} builds "
                              f"{cfg.MODEL.META_ARCHITECTURE}")

@@ -49,6 +49,7 @@ from detectron2_ext.config import (
 
 __all__ = [
     "add_regionclip_config",
+    "load_config",
     "config_keys_markdown",
     "CONFIG_KEYS",
     "CONFIG_KEY_DOCS",
@@ -565,6 +566,30 @@ def add_regionclip_config(cfg: CfgNode) -> None:
     """
     add_detectron2_ext_config(cfg)
     add_config_keys(cfg, _OWN_KEYS)
+
+
+def load_config(config_file: str, opts=(), cpu_fallback: bool = True) -> CfgNode:
+    """``get_cfg()`` + :func:`add_regionclip_config` + the yaml + ``KEY VALUE`` overrides (unfrozen).
+
+    Args:
+        config_file (str): a yaml under configs/ (or any detectron2 yaml).
+        opts (sequence): command-line style ``KEY VALUE`` overrides.
+        cpu_fallback (bool): set ``MODEL.DEVICE cpu`` (with a message) when the config asks for
+            CUDA and no GPU is available, instead of failing later.
+    """
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_regionclip_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if cpu_fallback and cfg.MODEL.DEVICE.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            cfg.MODEL.DEVICE = "cpu"
+            print("No CUDA device: running on the CPU (MODEL.DEVICE cpu)")
+    return cfg
 
 
 def config_keys_markdown() -> str:

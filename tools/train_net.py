@@ -9,23 +9,16 @@ then ``MODEL.CLIP.BB_RPN_WEIGHTS`` into the offline RPN. On a machine without GP
 ``MODEL.DEVICE cpu``; ``--num-gpus N`` then starts N CPU processes (gloo).
 """
 import torch
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from regionclip import add_regionclip_config
+from regionclip.config import load_config
 from regionclip.engine import Trainer, load_model_weights
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_regionclip_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
-        cfg.MODEL.DEVICE = "cpu"  # no GPU here: run on the CPU instead of failing
-        print("No CUDA device: running on the CPU (MODEL.DEVICE cpu)")
+    cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

@@ -213,14 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _from_config(args):
-    from detectron2.config import get_cfg
+    from regionclip.config import load_config
 
-    from regionclip.config import add_regionclip_config
-
-    cfg = get_cfg()
-    add_regionclip_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts, cpu_fallback=False)
     if not cfg.MODEL.WEIGHTS:
         raise ValueError("MODEL.WEIGHTS is empty: give the checkpoint holding the text tower")
     concepts = read_concepts_file(os.path.join(cfg.INPUT_DIR, "concepts.txt"))

@@ -272,18 +272,11 @@ def build_parser():
 
 def setup(args):
     """Config from ``args`` (RegionCLIP keys, CPU fallback) and detectron2's default setup."""
-    from detectron2.config import get_cfg
     from detectron2.engine import default_setup
 
-    from regionclip.config import add_regionclip_config
+    from regionclip.config import load_config
 
-    cfg = get_cfg()
-    add_regionclip_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
-        cfg.MODEL.DEVICE = "cpu"  # no GPU here: run on the CPU instead of failing
-        print("No CUDA device: running on the CPU (MODEL.DEVICE cpu)")
+    cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
