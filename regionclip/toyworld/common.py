@@ -1,0 +1,202 @@
+"""Pieces every stage shares: seeding, detectron2 configs of a stage, the training loop, batches."""
+import json
+import logging
+import math
+import os
+import random
+import time
+from typing import Callable, Dict, Iterator, List, Sequence
+
+import numpy as np
+import torch
+from detectron2.config import get_cfg
+from detectron2.solver import build_lr_scheduler
+from detectron2.solver.build import get_default_optimizer_params
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from regionclip.config import add_regionclip_config
+
+from .settings import resolve_path
+
+__all__ = ["seed_everything", "stage_cfg", "build_adamw", "train_loop", "detection_inputs",
+           "detection_batches", "write_json", "read_json", "Timer"]
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int, num_threads: int = 0, deterministic: bool = True) -> None:
+    """Seed python, numpy and torch; fix the thread count; prefer deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+def stage_cfg(settings, stage_node, opts: Sequence = ()):
+    """detectron2 config of a stage: its yaml, the stage's solver settings, sizes that follow
+    from the world (image size, pooler resolution = 2 x CLIP's attention-pool grid, embedding
+    and res2 widths), then ``opts``.
+
+    Args:
+        settings (CfgNode): toy-world settings (for the CLIP architecture sizes).
+        stage_node (CfgNode): ``settings.RPN`` / ``PRETRAIN`` / ``TRANSFER`` / ``EVAL``.
+        opts (sequence): ``KEY VALUE`` overrides (paths of this run).
+
+    Returns:
+        CfgNode: the config (not frozen), ``MODEL.DEVICE`` cpu.
+    """
+    cfg = get_cfg()
+    add_regionclip_config(cfg)
+    cfg.merge_from_file(resolve_path(stage_node.CONFIG))
+    solver = []
+    for key, value in (("ITERS", "SOLVER.MAX_ITER"), ("BATCH_SIZE", "SOLVER.IMS_PER_BATCH"),
+                       ("LR", "SOLVER.BASE_LR")):
+        if key in stage_node:
+            solver += [value, stage_node[key]]
+    size = settings.WORLD.IMAGE_SIZE
+    grid = size // 32  # res5 halves the pooled regions to the attention pool's grid
+    world = ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.RES2_OUT_CHANNELS", 4 * settings.CLIP.WIDTH,
+             "MODEL.CLIP.TEXT_EMB_DIM", settings.CLIP.EMBED_DIM,
+             "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", 2 * grid,
+             "MODEL.CLIP.TEACHER_POOLER_RESOLUTION", 2 * grid,
+             "INPUT.MIN_SIZE_TRAIN", (size,), "INPUT.MAX_SIZE_TRAIN", size,
+             "INPUT.MIN_SIZE_TEST", size, "INPUT.MAX_SIZE_TEST", size]
+    cfg.merge_from_list(solver + world + list(opts))
+    return cfg
+
+
+def build_adamw(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters (no weight decay on norms and biases)."""
+    params = get_default_optimizer_params(model, base_lr=cfg.SOLVER.BASE_LR,
+                                          weight_decay_norm=0.0, bias_lr_factor=1.0,
+                                          weight_decay_bias=0.0)
+    for group in params:
+        group.setdefault("weight_decay", cfg.SOLVER.WEIGHT_DECAY)
+    return torch.optim.AdamW(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+
+
+def train_loop(model: torch.nn.Module, cfg, batches: Iterator[List[dict]], desc: str,
+               progress: bool = True, loss_fn: Callable = None) -> List[Dict[str, float]]:
+    """Train ``model`` for ``cfg.SOLVER.MAX_ITER`` iterations with AdamW and the config's schedule.
+
+    Args:
+        model: a detectron2 model in training mode (returns a dict of losses).
+        cfg: its config (``SOLVER.*``: ``BASE_LR``, ``WEIGHT_DECAY``, schedule, gradient clipping).
+        batches: iterator of input lists.
+        desc (str): progress-bar label.
+        progress (bool): show the bar.
+        loss_fn (callable): ``loss_fn(model, batch) -> dict`` instead of ``model(batch)``.
+
+    Returns:
+        list[dict]: losses of every iteration (floats), ``"total"`` included.
+    """
+    from tqdm import tqdm
+
+    model.train()
+    optimizer = build_adamw(cfg, model)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    history = []
+    bar = tqdm(range(cfg.SOLVER.MAX_ITER), desc=desc, disable=not progress, leave=False)
+    with EventStorage(0) as storage:  # detectron2 models log statistics into it
+        for _ in bar:
+            _train_step(model, batches, optimizer, scheduler, params, clip, desc, history, loss_fn)
+            storage.iter += 1
+            bar.set_postfix(loss=f"{history[-1]['total']:.3f}")
+    return history
+
+
+def _train_step(model, batches, optimizer, scheduler, params, clip, desc, history, loss_fn):
+    batch = next(batches)
+    losses = loss_fn(model, batch) if loss_fn else model(batch)
+    total = sum(losses.values())
+    if not torch.isfinite(total):
+        raise FloatingPointError(f"{desc}: non-finite loss {losses} at iteration {len(history)}")
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if clip.ENABLED:
+        torch.nn.utils.clip_grad_norm_(params, clip.CLIP_VALUE)
+    optimizer.step()
+    scheduler.step()
+    record = {k: float(v.detach()) for k, v in losses.items()}
+    record["total"] = float(total.detach())
+    history.append(record)
+
+
+def detection_inputs(images: np.ndarray, boxes: List[dict], index: int, flip: bool = False,
+                     with_instances: bool = True) -> dict:
+    """detectron2 input dict of one image (float CHW RGB in 0..255, optional gt instances)."""
+    img = images[index]
+    box = boxes[index]["boxes"].copy() if with_instances else None
+    if flip:
+        img = img[:, ::-1]
+        if box is not None:
+            w = img.shape[1]
+            box[:, [0, 2]] = w - box[:, [2, 0]]
+    h, w = img.shape[:2]
+    out = {"image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float(),
+           "height": h, "width": w, "image_id": index + 1}
+    if with_instances:
+        inst = Instances((h, w))
+        inst.gt_boxes = Boxes(torch.from_numpy(box))
+        inst.gt_classes = torch.from_numpy(boxes[index]["classes"].copy())
+        out["instances"] = inst
+    return out
+
+
+def detection_batches(images: np.ndarray, boxes: List[dict], batch_size: int, seed: int,
+                      flip: bool = True, class_agnostic: bool = False) -> Iterator[List[dict]]:
+    """Endless shuffled batches of detection inputs (random horizontal flips); images without
+    boxes are skipped like detectron2's ``FILTER_EMPTY_ANNOTATIONS``."""
+    rng = np.random.default_rng(seed)
+    keep = [i for i, b in enumerate(boxes) if len(b["boxes"])]
+    if not keep:
+        raise ValueError("no training image has a box")
+    while True:
+        order = rng.permutation(keep)
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            batch = []
+            for i in order[start:start + batch_size]:
+                x = detection_inputs(images, boxes, int(i), flip=bool(flip and rng.random() < 0.5))
+                if class_agnostic:
+                    x["instances"].gt_classes = torch.zeros_like(x["instances"].gt_classes)
+                batch.append(x)
+            yield batch
+
+
+def write_json(path: str, payload) -> str:
+    """Write ``payload`` as indented json (NaN written as null)."""
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(clean(payload), f, indent=1)
+    return path
+
+
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+class Timer:
+    """Context manager measuring wall-clock seconds into ``self.seconds``."""
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+        return False

@@ -1,0 +1,122 @@
+"""Stage 3: RegionCLIP pretraining of a student initialised from the teacher CLIP.
+
+``PretrainFastRCNN`` (configs/toyworld/pretrain.yaml) on the world's image-caption pairs: the
+frozen toy RPN proposes regions, the frozen teacher labels them with concepts of the pool (the
+caption nouns, embedded by the teacher's text tower with prompt ensembling), and the student
+learns them with the distillation and region-concept contrastive losses plus the image-caption
+contrastive loss. Batches are built in memory in the pretraining loader's format (``image`` RGB
+in [0, 1], ``captions`` token rows); scenes are not flipped (captions may say "left").
+
+Outputs: ``concepts.txt`` / ``concept_emb.pth`` (the pool), ``model_final.pth`` (the whole
+pretraining model) and ``student_clip.pth``: the student image tower with the (frozen) text
+tower in OpenAI's key format, loadable exactly like the teacher's ``clip.pth``.
+"""
+import logging
+import os
+from typing import Dict, Iterator, List
+
+import numpy as np
+import torch
+from detectron2.modeling import build_model
+
+from regionclip.checkpoint import read_torch_file
+from regionclip.engine.trainer import load_model_weights
+
+from .common import stage_cfg, train_loop, write_json
+from .text import load_clip, text_embeddings
+from .train_clip import tokenize_captions
+
+__all__ = ["pretrain_cfg", "pretrain_batches", "export_student_clip", "pretrain_student"]
+
+logger = logging.getLogger(__name__)
+
+
+def pretrain_cfg(settings, clip_paths: Dict[str, str], rpn_paths: Dict[str, str], pool: str):
+    """detectron2 config of RegionCLIP pretraining for this run."""
+    arch = os.path.abspath(clip_paths["arch"])
+    return stage_cfg(settings, settings.PRETRAIN, [
+        "MODEL.CLIP.ARCH", arch, "MODEL.CLIP.TEACHER_ARCH", arch,
+        "MODEL.WEIGHTS", os.path.abspath(clip_paths["weights"]),
+        "MODEL.CLIP.OFFLINE_RPN_CONFIG", os.path.abspath(rpn_paths["config"]),
+        "MODEL.CLIP.BB_RPN_WEIGHTS", os.path.abspath(rpn_paths["weights"]),
+        "MODEL.CLIP.CONCEPT_POOL_EMB", os.path.abspath(pool)])
+
+
+def pretrain_batches(images: np.ndarray, tokens: torch.Tensor, batch_size: int,
+                     seed: int) -> Iterator[List[dict]]:
+    """Endless shuffled batches ``[{"image": (3, H, W) in [0, 1], "captions": (n, 77)}, ...]``."""
+    rng = np.random.default_rng(seed)
+    n = len(images)
+    if n < batch_size:
+        raise ValueError(f"{n} image-caption pairs are fewer than one batch of {batch_size}")
+    while True:
+        order = rng.permutation(n)
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield [{"image": torch.from_numpy(images[i].transpose(2, 0, 1).copy()).float() / 255.0,
+                    "captions": tokens[i]} for i in order[start:start + batch_size]]
+
+
+def export_student_clip(model, teacher_weights: str, path: str) -> str:
+    """Write the student's image tower + the text tower as an OpenAI-format CLIP state dict.
+
+    Keys and every non-image entry come from the teacher file (the text tower is frozen in
+    pretraining, so it is the teacher's); ``visual.*`` come from ``model.backbone``.
+    """
+    state = dict(read_torch_file(teacher_weights))
+    student = model.backbone.state_dict()
+    for key in [k for k in state if k.startswith("visual.")]:
+        name = key[len("visual."):]
+        if name in student:
+            state[key] = student[name].detach().clone().contiguous()
+        elif not name.endswith("num_batches_tracked"):
+            raise KeyError(f"the student backbone has no '{name}' (teacher key {key})")
+    text = model.lang_encoder.state_dict() if model.lang_encoder is not None else {}
+    for name, value in text.items():
+        if name in state:
+            state[name] = value.detach().clone()
+    torch.save(state, path)
+    return path
+
+
+def pretrain_student(settings, world, clip_paths: Dict[str, str], rpn_paths: Dict[str, str],
+                     out_dir: str, progress: bool = True) -> Dict[str, str]:
+    """Run RegionCLIP pretraining; write the files of the module doc and ``metrics.json``.
+
+    Args:
+        settings (CfgNode): toy-world settings.
+        world (World): the generated world.
+        clip_paths (dict): stage-1 outputs (``arch``, ``weights``).
+        rpn_paths (dict): stage-2 outputs (``config``, ``weights``).
+        out_dir (str): stage folder.
+        progress (bool): show a progress bar.
+
+    Returns:
+        dict: paths of ``concepts``, ``pool``, ``model``, ``weights`` (student CLIP), ``config``,
+        ``metrics``.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    concepts = world.concepts()
+    teacher = load_clip(clip_paths["arch"], clip_paths["weights"])
+    pool = os.path.join(out_dir, "concept_emb.pth")
+    torch.save(text_embeddings(teacher.encode_text, concepts, settings.EVAL.PROMPTS), pool)
+    with open(os.path.join(out_dir, "concepts.txt"), "w") as f:
+        f.write("".join(f"{c}\n" for c in concepts))
+    cfg = pretrain_cfg(settings, clip_paths, rpn_paths, pool)
+    torch.manual_seed(settings.SEED)
+    model = build_model(cfg)
+    load_model_weights(cfg, model)
+    images = world.images("captions")
+    tokens = tokenize_captions(world.captions("captions"))
+    batches = pretrain_batches(images, tokens, cfg.SOLVER.IMS_PER_BATCH, settings.SEED)
+    history = train_loop(model, cfg, batches, "stage 3: RegionCLIP pretraining", progress)
+    model_path = os.path.join(out_dir, "model_final.pth")
+    torch.save({"model": model.state_dict(), "iteration": cfg.SOLVER.MAX_ITER}, model_path)
+    config = os.path.join(out_dir, "config.yaml")
+    with open(config, "w") as f:
+        f.write(cfg.dump())
+    weights = export_student_clip(model, clip_paths["weights"],
+                                  os.path.join(out_dir, "student_clip.pth"))
+    write_json(os.path.join(out_dir, "metrics.json"), {"loss": history, "concepts": len(concepts)})
+    logger.info("RegionCLIP pretraining: %d iterations, last losses %s", len(history), history[-1])
+    return {"concepts": os.path.join(out_dir, "concepts.txt"), "pool": pool, "model": model_path,
+            "weights": weights, "config": config, "metrics": os.path.join(out_dir, "metrics.json")}

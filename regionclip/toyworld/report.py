@@ -1,0 +1,112 @@
+"""The results table of a toy-world run (``report.md``/``report.json``, and docs/TOYWORLD.md).
+
+The markdown lists the command that made the run, the stage timings, the zero-shot table (the
+paper's Table 4 at toy scale), the transfer table (Table 1 at toy scale) and side metrics (CLIP
+retrieval, RPN recall). Every AP50 is detectron2's COCO evaluation; ``± s`` is the standard
+deviation of the same AP50 over bootstrap resamples of the test images.
+"""
+import os
+import platform
+import re
+from typing import Dict, Optional
+
+import torch
+
+from .common import read_json, write_json
+
+__all__ = ["MARK_BEGIN", "MARK_END", "results_markdown", "write_report", "replace_section"]
+
+MARK_BEGIN = "<!-- toyworld-results:begin (written by tools/toyworld.py; do not edit) -->"
+MARK_END = "<!-- toyworld-results:end -->"
+_SPLITS = ("novel", "base", "all")
+
+
+def _cell(result: dict, split: str) -> str:
+    value = result["coco"][f"AP50_{split}"]
+    std = result["bootstrap"][split]["std"]
+    if value is None:
+        return "n/a"
+    return f"{value:.1f} ± {std:.1f}" if std is not None else f"{value:.1f}"
+
+
+def _metrics(out: str, stage: str) -> dict:
+    path = os.path.join(out, stage, "metrics.json")
+    return read_json(path) if os.path.isfile(path) else {}
+
+
+def results_markdown(out: str, settings, timings: Dict[str, float], command: str = "") -> str:
+    """Markdown of the run in ``out`` (zero-shot and transfer results must exist)."""
+    zs = read_json(os.path.join(out, "zeroshot", "results.json"))
+    tr = read_json(os.path.join(out, "transfer", "results.json"))
+    world = read_json(os.path.join(out, "world", "world.json"))
+    lines = []
+    if command:
+        lines += ["Made by:", "", "```", command, "```", ""]
+    total = sum(timings.values())
+    lines += [f"Seed {settings.SEED}; torch {torch.__version__}, {torch.get_num_threads()} "
+              f"threads, {platform.machine()}. World: "
+              + ", ".join(f"{k} {v['images']} images / {v['objects']} objects"
+                          for k, v in world["splits"].items())
+              + f"; concept pool {world['concepts']} caption nouns.", "",
+              "| stage | " + " | ".join(timings) + " | total |",
+              "|---" * (len(timings) + 2) + "|",
+              "| seconds | " + " | ".join(f"{v:.0f}" for v in timings.values())
+              + f" | {total:.0f} ({total / 60:.1f} min) |", ""]
+    lines += ["Zero-shot detection on the test scenes (Table 4 at toy scale), box AP50:", "",
+              "| model | regions | novel | base | all |", "|---|---|---|---|---|"]
+    names = {"teacher": "teacher CLIP (stage 1)", "student": "RegionCLIP student (stage 3)"}
+    for regions in ("GT", "RPN"):
+        for model in ("teacher", "student"):
+            r = zs[model][regions]
+            lines.append(f"| {names[model]} | {regions} | "
+                         + " | ".join(_cell(r, s) for s in _SPLITS) + " |")
+    lines += ["", "Transfer: detectors fine-tuned on base boxes, tested on all 12 categories "
+              "(Table 1 at toy scale), box AP50 with RPN proposals:", "",
+              "| initialisation | novel | base | all |", "|---|---|---|---|"]
+    for model in ("teacher", "student"):
+        lines.append(f"| {names[model]} | " + " | ".join(_cell(tr[model], s) for s in _SPLITS)
+                     + " |")
+    clip, rpn = _metrics(out, "clip"), _metrics(out, "rpn")
+    extra = []
+    if clip:
+        ret = clip["test_retrieval"]
+        extra.append(f"teacher CLIP test retrieval top-1 among {ret['pairs']} pairs: image->text "
+                     f"{100 * ret['image_to_text_top1']:.1f}%, text->image "
+                     f"{100 * ret['text_to_image_top1']:.1f}%")
+    if rpn:
+        extra.append(f"RPN recall (IoU 0.5, {rpn['proposals_per_image']:.0f} proposals per image): "
+                     f"base {100 * rpn['recall50_base']:.1f}%, novel "
+                     f"{100 * rpn['recall50_novel']:.1f}%")
+    if extra:
+        lines += [""] + [f"- {e}" for e in extra]
+    lines += ["", f"`± s`: standard deviation over {settings.EVAL.BOOTSTRAP} bootstrap resamples "
+              "of the test images (test-set sampling noise only; see the seed spread in the text)."]
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(doc: str, body: str) -> None:
+    """Replace the text between :data:`MARK_BEGIN` and :data:`MARK_END` of ``doc`` by ``body``."""
+    with open(doc) as f:
+        text = f.read()
+    if MARK_BEGIN not in text or MARK_END not in text:
+        raise ValueError(f"{doc} has no results section (expected the lines '{MARK_BEGIN}' and "
+                         f"'{MARK_END}')")
+    pattern = re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END)
+    text = re.sub(pattern, lambda _: f"{MARK_BEGIN}\n{body}{MARK_END}", text, flags=re.S)
+    with open(doc, "w") as f:
+        f.write(text)
+
+
+def write_report(out: str, settings, timings: Dict[str, float], doc: Optional[str] = None,
+                 command: str = "") -> str:
+    """Write ``report.md`` and ``report.json`` in ``out`` (and the section of ``doc``)."""
+    body = results_markdown(out, settings, timings, command)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(body)
+    write_json(os.path.join(out, "report.json"), {
+        "command": command, "timings": timings,
+        "zeroshot": read_json(os.path.join(out, "zeroshot", "results.json")),
+        "transfer": read_json(os.path.join(out, "transfer", "results.json"))})
+    if doc:
+        replace_section(doc, body)
+    return os.path.join(out, "report.md")

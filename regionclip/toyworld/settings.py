@@ -1,0 +1,116 @@
+"""Settings of a toy-world run: world size, the small CLIP, iterations of every stage.
+
+Settings are a yacs ``CfgNode`` read from ``configs/toyworld/<size>.yaml`` (``_BASE_`` works as in
+detectron2). The models of stages 2-5 are described by detectron2 yamls named in the settings
+(``RPN.CONFIG`` ...); the pipeline writes the run's paths and the stage's ``ITERS``,
+``BATCH_SIZE`` and ``LR`` into them (``SOLVER.MAX_ITER``, ``SOLVER.IMS_PER_BATCH``,
+``SOLVER.BASE_LR``) and saves the resolved config next to the stage's outputs.
+"""
+import os
+
+from detectron2.config import CfgNode as CN
+
+from regionclip.clip import CLIPConfig, TextConfig, VisualConfig
+
+__all__ = ["REPO_ROOT", "CONFIG_DIR", "SIZES", "get_toyworld_cfg", "load_settings", "clip_config",
+           "resolve_path"]
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG_DIR = os.path.join(REPO_ROOT, "configs", "toyworld")
+SIZES = ("micro", "tiny", "default")
+
+
+def get_toyworld_cfg() -> CN:
+    """Default settings (the ``default`` size); every key is documented in default.yaml."""
+    c = CN()
+    c.SEED = 0
+    c.NUM_THREADS = 0  # torch intra-op threads; 0 keeps torch's default
+    c.DETERMINISTIC = True
+    c.WORLD = CN()
+    c.WORLD.IMAGE_SIZE = 96
+    c.WORLD.OBJECTS = [2, 5]
+    c.WORLD.OBJECT_SIZE = [18, 42]
+    c.WORLD.MAX_OVERLAP = 0.25
+    c.WORLD.CLUTTER = 0.7
+    c.WORLD.NUM_CAPTION_IMAGES = 4000
+    c.WORLD.NUM_DET_IMAGES = 1500
+    c.WORLD.NUM_TEST_IMAGES = 300
+    c.WORLD.CAPTIONS_PER_IMAGE = 2
+    c.WORLD.MIN_CONCEPT_COUNT = 5
+    c.CLIP = CN()
+    c.CLIP.LAYERS = [1, 1, 1, 1]
+    c.CLIP.WIDTH = 16
+    c.CLIP.EMBED_DIM = 64
+    c.CLIP.HEADS = 8
+    c.CLIP.TEXT_WIDTH = 64
+    c.CLIP.TEXT_HEADS = 4
+    c.CLIP.TEXT_LAYERS = 3
+    c.CLIP.EPOCHS = 6
+    c.CLIP.BATCH_SIZE = 128
+    c.CLIP.LR = 2e-3
+    c.CLIP.WEIGHT_DECAY = 0.05
+    c.CLIP.WARMUP_STEPS = 30
+    c.CLIP.SHIFT = 4  # random translation (pixels) as augmentation
+    c.CLIP.BF16 = True  # bfloat16 autocast (mixed precision) in training
+    c.CLIP.CHANNELS_LAST = True  # faster convolutions on CPUs
+    for stage, config, iters, batch, lr in (("RPN", "rpn.yaml", 300, 16, 1e-3),
+                                            ("PRETRAIN", "pretrain.yaml", 300, 16, 2e-4),
+                                            ("TRANSFER", "transfer.yaml", 300, 16, 2e-4)):
+        node = CN()
+        node.CONFIG = os.path.join("configs", "toyworld", config)
+        node.ITERS = iters
+        node.BATCH_SIZE = batch
+        node.LR = lr
+        setattr(c, stage, node)
+    c.EVAL = CN()
+    c.EVAL.CONFIG = os.path.join("configs", "toyworld", "zeroshot.yaml")
+    c.EVAL.BOOTSTRAP = 200  # resamples of the test images for the confidence intervals
+    c.EVAL.PROMPTS = "toy"  # "toy" (caption-style templates), "imagenet" (the original's 81), "none"
+    c.EVAL.GRID_IMAGES = 12
+    c.EVAL.GRID_SCORE_THRESH = 0.5
+    return c
+
+
+def resolve_path(path: str) -> str:
+    """A settings path: absolute as given, else relative to the repository root."""
+    return path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
+
+
+def load_settings(size_or_file: str = "default", opts=()) -> CN:
+    """Settings of a size preset or a yaml file, with ``KEY VALUE`` overrides.
+
+    Args:
+        size_or_file (str): one of :data:`SIZES` or the path of a settings yaml.
+        opts (sequence): overrides, e.g. ``["SEED", "1"]``.
+
+    Returns:
+        CfgNode: frozen settings.
+    """
+    cfg = get_toyworld_cfg()
+    path = (os.path.join(CONFIG_DIR, f"{size_or_file}.yaml") if size_or_file in SIZES
+            else size_or_file)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"toy-world settings '{path}' do not exist (expected a size among "
+                                f"{SIZES} or a yaml file)")
+    cfg.merge_from_other_cfg(CN(CN.load_yaml_with_base(path)))  # _BASE_ as in detectron2
+    cfg.merge_from_list(list(opts))
+    lo, hi = cfg.WORLD.OBJECT_SIZE
+    if not 4 <= lo <= hi < cfg.WORLD.IMAGE_SIZE:
+        raise ValueError(f"{path}: WORLD.OBJECT_SIZE {cfg.WORLD.OBJECT_SIZE} must satisfy "
+                         f"4 <= min <= max < WORLD.IMAGE_SIZE ({cfg.WORLD.IMAGE_SIZE})")
+    if cfg.WORLD.IMAGE_SIZE % 32:
+        raise ValueError(f"{path}: WORLD.IMAGE_SIZE must be a multiple of 32 (CLIP's attention "
+                         f"pool grid), got {cfg.WORLD.IMAGE_SIZE}")
+    if cfg.EVAL.PROMPTS not in ("toy", "imagenet", "none"):
+        raise ValueError(f"{path}: EVAL.PROMPTS must be 'toy', 'imagenet' or 'none', got "
+                         f"{cfg.EVAL.PROMPTS!r}")
+    cfg.freeze()
+    return cfg
+
+
+def clip_config(settings) -> CLIPConfig:
+    """The small CLIP of the settings (image size = the scenes' size)."""
+    c = settings.CLIP
+    return CLIPConfig(
+        VisualConfig(tuple(c.LAYERS), c.WIDTH, settings.WORLD.IMAGE_SIZE, c.EMBED_DIM, c.HEADS),
+        TextConfig(c.TEXT_WIDTH, c.TEXT_HEADS, c.TEXT_LAYERS, c.EMBED_DIM))
