@@ -142,7 +142,7 @@ def make_caption(rng, scene: Scene, size_range: Tuple[float, float] = (18, 42)) 
                for p, n in counts.items()]
     templates = ["a photo of {}{}.", "{}{}.", "there is {}{}.", "a picture showing {}{}.",
                  "an image with {}{}.", "several shapes{1}, including {0}."]
-    if len(named) == 1:
+    if len(objs) == 1:
         templates.append("close-up of {}{}.")
     return _pick(rng, templates).format(_join(grouped), background)
 

@@ -19,7 +19,7 @@ from regionclip.config import add_regionclip_config
 
 from .settings import resolve_path
 
-__all__ = ["seed_everything", "stage_cfg", "build_adamw", "train_loop", "detection_inputs",
+__all__ = ["seed_everything", "stage_cfg", "teacher_temperature", "build_adamw", "train_loop", "detection_inputs",
            "detection_batches", "write_json", "read_json", "Timer"]
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,14 @@ def stage_cfg(settings, stage_node, opts: Sequence = ()):
              "INPUT.MIN_SIZE_TEST", size, "INPUT.MAX_SIZE_TEST", size]
     cfg.merge_from_list(solver + world + list(opts))
     return cfg
+
+
+def teacher_temperature(settings, clip_metrics: str) -> float:
+    """``settings.CLSS_TEMP``, or when it is 0 the teacher CLIP's learned temperature (its
+    ``1 / logit_scale`` in stage 1's ``metrics.json``)."""
+    if settings.CLSS_TEMP:
+        return float(settings.CLSS_TEMP)
+    return 1.0 / float(read_json(clip_metrics)["logit_scale"])
 
 
 def build_adamw(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -18,7 +18,7 @@ import logging
 import os
 from typing import Dict, Iterable, Optional
 
-from .common import Timer, read_json, seed_everything, write_json
+from .common import Timer, read_json, seed_everything, teacher_temperature, write_json
 
 __all__ = ["STAGES", "MARKERS", "run_pipeline", "stage_paths"]
 
@@ -35,7 +35,8 @@ def stage_paths(out: str) -> Dict[str, Dict[str, str]]:
     """Files of every stage's outputs that later stages read."""
     j = os.path.join
     return {
-        "clip": {"arch": j(out, "clip", "arch.json"), "weights": j(out, "clip", "clip.pth")},
+        "clip": {"arch": j(out, "clip", "arch.json"), "weights": j(out, "clip", "clip.pth"),
+                 "metrics": j(out, "clip", "metrics.json")},
         "rpn": {"config": j(out, "rpn", "config.yaml"),
                 "weights": j(out, "rpn", "model_final.pth")},
         "student": {"arch": j(out, "clip", "arch.json"),
@@ -111,13 +112,16 @@ def run_pipeline(settings, out: str, stages: Optional[Iterable[str]] = None, for
                 train_rpn(settings, world, paths["clip"], os.path.join(out, "rpn"), progress)
             elif stage == "pretrain":
                 pretrain_student(settings, world, paths["clip"], paths["rpn"],
-                                 os.path.join(out, "pretrain"), progress)
+                                 os.path.join(out, "pretrain"), progress,
+                                 teacher_temperature(settings, paths["clip"]["metrics"]))
             elif stage == "zeroshot":
                 zero_shot(settings, world, {"teacher": paths["clip"], "student": paths["student"]},
-                          paths["rpn"], os.path.join(out, "zeroshot"))
+                          paths["rpn"], os.path.join(out, "zeroshot"),
+                          teacher_temperature(settings, paths["clip"]["metrics"]))
             elif stage == "transfer":
                 transfer(settings, world, {"teacher": paths["clip"], "student": paths["student"]},
-                         paths["rpn"], os.path.join(out, "transfer"), progress)
+                         paths["rpn"], os.path.join(out, "transfer"), progress,
+                         teacher_temperature(settings, paths["clip"]["metrics"]))
             elif stage == "demo":
                 demo_stage(settings, world, out, ship_to)
         if stage != "report":

@@ -31,10 +31,12 @@ __all__ = ["pretrain_cfg", "pretrain_batches", "export_student_clip", "pretrain_
 logger = logging.getLogger(__name__)
 
 
-def pretrain_cfg(settings, clip_paths: Dict[str, str], rpn_paths: Dict[str, str], pool: str):
+def pretrain_cfg(settings, clip_paths: Dict[str, str], rpn_paths: Dict[str, str], pool: str,
+                 clss_temp: float = None):
     """detectron2 config of RegionCLIP pretraining for this run."""
     arch = os.path.abspath(clip_paths["arch"])
-    return stage_cfg(settings, settings.PRETRAIN, [
+    temp = [] if clss_temp is None else ["MODEL.CLIP.CLSS_TEMP", float(clss_temp)]
+    return stage_cfg(settings, settings.PRETRAIN, temp + [
         "MODEL.CLIP.ARCH", arch, "MODEL.CLIP.TEACHER_ARCH", arch,
         "MODEL.WEIGHTS", os.path.abspath(clip_paths["weights"]),
         "MODEL.CLIP.OFFLINE_RPN_CONFIG", os.path.abspath(rpn_paths["config"]),
@@ -79,7 +81,8 @@ def export_student_clip(model, teacher_weights: str, path: str) -> str:
 
 
 def pretrain_student(settings, world, clip_paths: Dict[str, str], rpn_paths: Dict[str, str],
-                     out_dir: str, progress: bool = True) -> Dict[str, str]:
+                     out_dir: str, progress: bool = True,
+                     clss_temp: float = None) -> Dict[str, str]:
     """Run RegionCLIP pretraining; write the files of the module doc and ``metrics.json``.
 
     Args:
@@ -89,6 +92,7 @@ def pretrain_student(settings, world, clip_paths: Dict[str, str], rpn_paths: Dic
         rpn_paths (dict): stage-2 outputs (``config``, ``weights``).
         out_dir (str): stage folder.
         progress (bool): show a progress bar.
+        clss_temp (float): temperature of the three losses (default: the config's).
 
     Returns:
         dict: paths of ``concepts``, ``pool``, ``model``, ``weights`` (student CLIP), ``config``,
@@ -101,7 +105,7 @@ def pretrain_student(settings, world, clip_paths: Dict[str, str], rpn_paths: Dic
     torch.save(text_embeddings(teacher.encode_text, concepts, settings.EVAL.PROMPTS), pool)
     with open(os.path.join(out_dir, "concepts.txt"), "w") as f:
         f.write("".join(f"{c}\n" for c in concepts))
-    cfg = pretrain_cfg(settings, clip_paths, rpn_paths, pool)
+    cfg = pretrain_cfg(settings, clip_paths, rpn_paths, pool, clss_temp)
     torch.manual_seed(settings.SEED)
     model = build_model(cfg)
     load_model_weights(cfg, model)

@@ -18,6 +18,8 @@ from .vocabulary import BACKGROUNDS, COLOURS, SHAPES, TEXTURES
 __all__ = ["SceneSpec", "Scene", "shape_outline", "render_shape", "draw_background", "draw_scene"]
 
 _SUPERSAMPLE = 4
+# Rotation range (degrees) of a shape; squares and diamonds turn little so they stay distinct.
+_MAX_ROTATION = {"square": 12.0, "diamond": 12.0}
 
 
 @dataclass(frozen=True)
@@ -299,7 +301,8 @@ def draw_scene(rng: np.random.Generator, spec: SceneSpec = SceneSpec(),
     for shape, (x, y, w, h) in zip(shapes, _place(rng, spec, len(shapes))):
         colour = colour_names[int(rng.integers(len(colour_names)))]
         texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
-        angle = rng.uniform(-30, 30) + (90 * int(rng.integers(4)) if shape == "arrow" else 0)
+        limit = _MAX_ROTATION.get(shape, 30.0)
+        angle = rng.uniform(-limit, limit) + (90 * int(rng.integers(4)) if shape == "arrow" else 0)
         alpha = render_shape(shape, w, h, angle)[..., None]
         rgb = np.clip(np.array(COLOURS[colour]) + rng.uniform(-18, 18, size=3), 0, 255)
         paint = _texture(rng, texture, rgb.astype(np.float32), h, w)

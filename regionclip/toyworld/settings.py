@@ -33,6 +33,8 @@ def get_toyworld_cfg() -> CN:
     c.WORLD.MAX_OVERLAP = 0.25
     c.WORLD.CLUTTER = 0.7
     c.WORLD.NUM_CAPTION_IMAGES = 4000
+    c.WORLD.CLOSEUP_FRACTION = 0.4  # caption images that are single-object close-ups
+    c.WORLD.CLOSEUP_SIZE = [44, 84]  # object size in close-ups
     c.WORLD.NUM_DET_IMAGES = 1500
     c.WORLD.NUM_TEST_IMAGES = 300
     c.WORLD.CAPTIONS_PER_IMAGE = 2
@@ -53,6 +55,10 @@ def get_toyworld_cfg() -> CN:
     c.CLIP.SHIFT = 4  # random translation (pixels) as augmentation
     c.CLIP.BF16 = True  # bfloat16 autocast (mixed precision) in training
     c.CLIP.CHANNELS_LAST = True  # faster convolutions on CPUs
+    c.CLIP.BN3_GAMMA_ONE = True  # CLIP zero-inits each block's last BN gamma; 1 learns faster
+    # Temperature of RegionCLIP's losses and classifiers (the original's 0.01 is OpenAI CLIP's
+    # learned temperature); 0 means the toy teacher's own learned temperature 1 / logit_scale.
+    c.CLSS_TEMP = 0.0
     for stage, config, iters, batch, lr in (("RPN", "rpn.yaml", 300, 16, 1e-3),
                                             ("PRETRAIN", "pretrain.yaml", 300, 16, 2e-4),
                                             ("TRANSFER", "transfer.yaml", 300, 16, 2e-4)):

@@ -104,6 +104,10 @@ def train_clip(settings, world, out_dir: str, progress: bool = True,
     arch = save_clip_arch(config, os.path.join(out_dir, "arch.json"))
     torch.manual_seed(settings.SEED)
     model = build_clip(config)
+    if c.BN3_GAMMA_ONE:  # residual branches start active (CLIP zero-inits them): learns faster
+        for name, param in model.visual.named_parameters():
+            if name.endswith("bn3.weight"):
+                torch.nn.init.ones_(param)
     fmt = torch.channels_last if c.CHANNELS_LAST else torch.contiguous_format
     model.visual.to(memory_format=fmt)
     images = world.images("captions")

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 def transfer(settings, world, models: Dict[str, Dict[str, str]], rpn_paths: Dict[str, str],
-             out_dir: str, progress: bool = True) -> Dict[str, dict]:
+             out_dir: str, progress: bool = True, clss_temp: float = None) -> Dict[str, dict]:
     """Fine-tune one detector per initialisation and evaluate it.
 
     Args:
@@ -35,6 +35,7 @@ def transfer(settings, world, models: Dict[str, Dict[str, str]], rpn_paths: Dict
         out_dir (str): stage folder; ``<name>/model_final.pth``, ``config.yaml``,
             ``metrics.json``, ``results.json`` per initialisation.
         progress (bool): show progress bars.
+        clss_temp (float): classifier temperature (default: the config's).
 
     Returns:
         dict: name -> ``{"result": evaluation, "weights": path, "config": path}``.
@@ -51,7 +52,7 @@ def transfer(settings, world, models: Dict[str, Dict[str, str]], rpn_paths: Dict
                                          os.path.join(folder, "all_class_emb.pth"),
                                          settings.EVAL.PROMPTS)
         cfg = detector_cfg(settings, settings.TRANSFER, paths["arch"], paths["weights"],
-                           rpn_paths, "RPN", base_emb, all_emb)
+                           rpn_paths, "RPN", base_emb, all_emb, clss_temp=clss_temp)
         torch.manual_seed(settings.SEED)
         model = build_model(cfg)
         load_model_weights(cfg, model)

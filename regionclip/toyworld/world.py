@@ -10,7 +10,9 @@ Layout of ``<out>/world``::
     concepts.txt                       # concept pool: caption nouns seen >= MIN_CONCEPT_COUNT times
     world.json                         # categories, splits, counts (written last: stage done)
 
-Splits: ``captions`` (image-caption pairs: CLIP and RegionCLIP pretraining), ``det_train``
+Splits: ``captions`` (image-caption pairs: CLIP and RegionCLIP pretraining; a fraction
+``CLOSEUP_FRACTION`` of them are single-object close-ups, like the object-centric photos of web
+image-text data), ``det_train``
 (detection training with base boxes only; novel objects are in the images but unannotated, as in
 COCO's open-vocabulary split), ``test`` (all boxes). Every split is drawn from its own random
 stream, so changing one split's size does not change another.
@@ -35,9 +37,13 @@ logger = logging.getLogger(__name__)
 SPLITS = ("captions", "det_train", "test")
 
 
-def scene_spec(settings) -> SceneSpec:
-    """:class:`SceneSpec` of the settings' ``WORLD`` node."""
+def scene_spec(settings, closeup: bool = False) -> SceneSpec:
+    """:class:`SceneSpec` of the settings' ``WORLD`` node (or of its single-object close-ups)."""
     w = settings.WORLD
+    if closeup:
+        return SceneSpec(image_size=(w.IMAGE_SIZE, w.IMAGE_SIZE), objects=(1, 1),
+                         object_size=tuple(w.CLOSEUP_SIZE), max_overlap=w.MAX_OVERLAP,
+                         clutter=w.CLUTTER)
     return SceneSpec(image_size=(w.IMAGE_SIZE, w.IMAGE_SIZE), objects=tuple(w.OBJECTS),
                      object_size=tuple(w.OBJECT_SIZE), max_overlap=w.MAX_OVERLAP,
                      clutter=w.CLUTTER)
@@ -69,7 +75,7 @@ def generate_world(settings, out_dir: str, progress: bool = True) -> str:
     from tqdm import tqdm
 
     w = settings.WORLD
-    spec = scene_spec(settings)
+    spec, closeup = scene_spec(settings), scene_spec(settings, closeup=True)
     cats = categories()
     cat_id = {c["name"]: c["id"] for c in cats}
     sizes = {"captions": w.NUM_CAPTION_IMAGES, "det_train": w.NUM_DET_IMAGES,
@@ -83,7 +89,8 @@ def generate_world(settings, out_dir: str, progress: bool = True) -> str:
         arrays, images, anns, caps = [], [], [], []
         for image_id in tqdm(range(1, sizes[split] + 1), desc=f"world/{split}",
                              disable=not progress, leave=False):
-            scene = draw_scene(rng, spec)
+            is_closeup = split == "captions" and rng.random() < w.CLOSEUP_FRACTION
+            scene = draw_scene(rng, closeup if is_closeup else spec)
             name = f"{image_id:06d}.png"
             Image.fromarray(scene.image).save(os.path.join(folder, name))
             arrays.append(scene.image)
@@ -95,8 +102,9 @@ def generate_world(settings, out_dir: str, progress: bool = True) -> str:
                              "category_id": cat_id[obj["shape"]], "bbox": obj["bbox"],
                              "area": obj["area"], "iscrowd": 0, "colour": obj["colour"],
                              "texture": obj["texture"]})
+            size_range = tuple(w.CLOSEUP_SIZE if is_closeup else w.OBJECT_SIZE)
             caps.append({"image_id": image_id, "file_name": name, "captions": [
-                make_caption(rng, scene, tuple(w.OBJECT_SIZE))
+                make_caption(rng, scene, size_range)
                 for _ in range(w.CAPTIONS_PER_IMAGE)]})
         np.save(os.path.join(out_dir, f"images_{split}.npy"), np.stack(arrays))
         _write_json(os.path.join(out_dir, f"{split}_all.json"), _coco(images, anns, cats))

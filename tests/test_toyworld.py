@@ -1,0 +1,335 @@
+"""The toy world: generator, captions, AP implementation, and the whole pipeline at micro size."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from regionclip.toyworld.ap import MatchTable, bootstrap_ap50, split_ap50
+from regionclip.toyworld.captions import caption_nouns, make_caption
+from regionclip.toyworld.pipeline import MARKERS, STAGES, run_pipeline
+from regionclip.toyworld.scenes import SceneSpec, draw_scene, render_shape
+from regionclip.toyworld.settings import load_settings
+from regionclip.toyworld.vocabulary import (
+    BASE_SHAPES,
+    NOVEL_SHAPES,
+    SHAPE_SYNONYMS,
+    SHAPES,
+    categories,
+)
+from regionclip.toyworld.world import World, generate_world
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOVEL_WORDS = {w for s in NOVEL_SHAPES for w in SHAPE_SYNONYMS[s]}
+
+
+def _micro(*opts):
+    return load_settings("micro", ["NUM_THREADS", "1", *opts])
+
+
+@pytest.fixture(scope="module")
+def micro_world(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("world") / "world")
+    generate_world(_micro("WORLD.NUM_CAPTION_IMAGES", "120"), root, progress=False)
+    return World(root)
+
+
+# ---------------------------------------------------------------- generator and captions
+def test_boxes_are_tight_around_the_painted_shape():
+    rng = np.random.default_rng(3)
+    spec = SceneSpec(image_size=(64, 64), clutter=0.0)
+    for shape in SHAPES:
+        scene = draw_scene(rng, spec, shapes=[shape])
+        (obj,) = scene.objects
+        x, y, w, h = obj["bbox"]
+        assert 0 <= x and 0 <= y and x + w <= 64 and y + h <= 64
+        assert 0.2 * w * h < obj["area"] <= w * h, shape  # the box holds the mask's pixels
+        # the outline (holes aside: the crescent's horns stop short of the right side) is
+        # stretched to fill the box it is drawn in
+        mask = render_shape(shape, 40, 30, 17.0) >= 0.5
+        ys, xs = np.nonzero(mask)
+        right = 30 if shape == "crescent" else 37
+        assert xs.min() <= 2 and xs.max() >= right and ys.min() <= 2 and ys.max() >= 27, shape
+        assert 0.2 < mask.mean() < 1.0, shape  # a real outline, not the full box
+
+
+def test_ring_and_crescent_have_holes_and_shapes_differ():
+    masks = {s: render_shape(s, 48, 48, 0.0) >= 0.5 for s in SHAPES}
+    assert not masks["ring"][24, 24] and masks["circle"][24, 24]
+    assert masks["crescent"].sum() < 0.6 * masks["circle"].sum()
+    for a in SHAPES:
+        for b in SHAPES:
+            if a < b:
+                assert (masks[a] != masks[b]).mean() > 0.03, (a, b)
+
+
+def test_captions_mention_a_subset_of_objects_with_their_nouns():
+    rng = np.random.default_rng(0)
+    spec = SceneSpec(objects=(4, 5))
+    partial = 0
+    for _ in range(60):
+        scene = draw_scene(rng, spec)
+        caption = make_caption(rng, scene)
+        nouns = set(caption_nouns(caption))
+        present = {w for o in scene.objects for w in SHAPE_SYNONYMS[o["shape"]]}
+        absent = {w for ws in SHAPE_SYNONYMS.values() for w in ws} - present
+        assert not nouns & absent, (caption, scene.objects)  # never names a missing shape
+        named = {s for s in SHAPES if set(SHAPE_SYNONYMS[s]) & nouns}
+        partial += len(named) < len({o["shape"] for o in scene.objects})
+    assert partial > 10  # captions often leave objects out, like real captions
+
+
+def test_caption_nouns_lemmatises_plurals():
+    assert caption_nouns("two red discs and a moon on the grass.") == ["disc", "moon", "grass"]
+    assert caption_nouns("several crosses") == ["cross"]
+
+
+def test_novel_shapes_in_captions_never_in_detection_training(micro_world):
+    base_json = micro_world.coco("det_train_base")
+    novel_ids = {c["id"] for c in categories() if c["split"] == "novel"}
+    assert [c["name"] for c in base_json["categories"]] == list(BASE_SHAPES)
+    assert base_json["annotations"] and not any(a["category_id"] in novel_ids
+                                                for a in base_json["annotations"])
+    # novel objects are in the training images (unannotated) and in the captions
+    full = micro_world.coco("det_train_all")
+    assert any(a["category_id"] in novel_ids for a in full["annotations"])
+    words = {w for caps in micro_world.captions("captions") for c in caps
+             for w in caption_nouns(c)}
+    assert words & NOVEL_WORDS
+    assert set(micro_world.concepts()) & NOVEL_WORDS  # the concept pool has novel nouns
+    test = micro_world.coco("test_all")
+    assert {a["category_id"] for a in test["annotations"]} & novel_ids
+
+
+def test_world_files_are_consistent(micro_world):
+    images = micro_world.images("test")
+    meta = micro_world.meta
+    assert images.shape == (meta["splits"]["test"]["images"], 64, 64, 3)
+    assert images.dtype == np.uint8
+    from PIL import Image
+
+    png = np.asarray(Image.open(os.path.join(micro_world.root, "test", "000001.png")))
+    np.testing.assert_array_equal(png, images[0])
+    assert micro_world.class_names == list(SHAPES)
+    boxes = micro_world.boxes("test_all")
+    assert sum(len(b["boxes"]) for b in boxes) == meta["splits"]["test"]["objects"]
+    assert all((b["boxes"][:, 2:] > b["boxes"][:, :2]).all() for b in boxes if len(b["boxes"]))
+
+
+def test_same_seed_same_world_other_seed_other_world(tmp_path):
+    paths = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        generate_world(_micro("SEED", str(seed)), str(tmp_path / name), progress=False)
+        paths[name] = World(str(tmp_path / name))
+    np.testing.assert_array_equal(paths["a"].images("captions"), paths["b"].images("captions"))
+    assert paths["a"].captions() == paths["b"].captions()
+    assert not np.array_equal(paths["a"].images("captions"), paths["c"].images("captions"))
+
+
+# ---------------------------------------------------------------- AP50 and bootstrap
+def _random_detections(seed, num_images=12, num_classes=3):
+    rng = np.random.default_rng(seed)
+    gts, preds = [], []
+    for _ in range(num_images):
+        k = int(rng.integers(0, 4))
+        xy = rng.uniform(0, 60, (k, 2))
+        gt = np.concatenate([xy, xy + rng.uniform(8, 30, (k, 2))], 1).astype(np.float32)
+        gts.append({"boxes": gt, "classes": rng.integers(0, num_classes, k)})
+        d = int(rng.integers(0, 7))
+        jitter = gt[rng.integers(0, max(k, 1), d)] if k else np.zeros((d, 4), np.float32)
+        boxes = jitter + rng.normal(0, 4, (d, 4)).astype(np.float32)
+        boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 1)
+        preds.append({"boxes": boxes, "scores": rng.uniform(0, 1, d).round(3),
+                      "classes": rng.integers(0, num_classes, d)})
+    return gts, preds
+
+
+def _pycocotools_ap50(gts, preds, num_classes):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    images = [{"id": i + 1, "width": 100, "height": 100} for i in range(len(gts))]
+    anns = [{"id": len(images) * 100 + j + 1000 * i, "image_id": i + 1, "category_id": int(c) + 1,
+             "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+             "area": float((b[2] - b[0]) * (b[3] - b[1])), "iscrowd": 0}
+            for i, g in enumerate(gts) for j, (b, c) in enumerate(zip(g["boxes"], g["classes"]))]
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": anns,
+                  "categories": [{"id": c + 1, "name": str(c)} for c in range(num_classes)]}
+    gt.createIndex()
+    dets = [{"image_id": i + 1, "category_id": int(c) + 1, "score": float(s),
+             "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]}
+            for i, p in enumerate(preds) for b, s, c in zip(p["boxes"], p["scores"], p["classes"])]
+    ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    precision = ev.eval["precision"][0, :, :, 0, -1]  # IoU 0.5, all areas, 100 detections
+    return np.array([precision[:, c][precision[:, c] > -1].mean() * 100
+                     if (precision[:, c] > -1).any() else np.nan for c in range(num_classes)])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ap50_equals_pycocotools(seed):
+    gts, preds = _random_detections(seed)
+    ours = MatchTable(preds, gts, 3).class_ap()
+    theirs = _pycocotools_ap50(gts, preds, 3)
+    np.testing.assert_allclose(ours, theirs, atol=1e-6, equal_nan=True)
+
+
+def test_bootstrap_spread_and_determinism():
+    gts, preds = _random_detections(5, num_images=40)
+    table = MatchTable(preds, gts, 3)
+    splits = {"a": [0], "all": [0, 1, 2]}
+    one = bootstrap_ap50(table, splits, samples=50, seed=7)
+    assert one == bootstrap_ap50(table, splits, samples=50, seed=7)
+    full = split_ap50(table.class_ap(), splits)
+    for name in splits:
+        assert one[name]["ap50"] == pytest.approx(full[name])
+        assert one[name]["std"] > 0 and one[name]["lo"] < one[name]["hi"]
+    # a perfect detector has AP 100 and no spread
+    perfect = [{"boxes": g["boxes"], "scores": np.ones(len(g["boxes"])), "classes": g["classes"]}
+               for g in gts]
+    res = bootstrap_ap50(MatchTable(perfect, gts, 3), splits, samples=20)
+    assert res["all"]["ap50"] == pytest.approx(100.0) and res["all"]["std"] == pytest.approx(0.0)
+
+
+# ---------------------------------------------------------------- the whole pipeline
+def _numbers(out):
+    report = json.load(open(os.path.join(out, "report.json")))
+    values = {}
+    for table in ("zeroshot", "transfer"):
+        for model, res in report[table].items():
+            for regions, r in (res.items() if table == "zeroshot" else [("RPN", res)]):
+                for split in ("novel", "base", "all"):
+                    values[f"{table}/{model}/{regions}/{split}"] = r["coco"][f"AP50_{split}"]
+    return values
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("toy") / "run")
+    ran = run_pipeline(_micro(), out, progress=False)
+    return out, ran
+
+
+@pytest.mark.slow
+def test_every_stage_writes_its_outputs(micro_run):
+    out, ran = micro_run
+    assert list(ran) == [s for s in STAGES if s != "report"]
+    for stage in STAGES:
+        assert os.path.isfile(os.path.join(out, MARKERS[stage])), stage
+    from regionclip.toyworld.text import load_clip
+
+    arch = os.path.join(out, "clip", "arch.json")
+    teacher = load_clip(arch, os.path.join(out, "clip", "clip.pth"))
+    student = load_clip(arch, os.path.join(out, "pretrain", "student_clip.pth"))
+    t_sd, s_sd = teacher.state_dict(), student.state_dict()
+    assert any(not torch.equal(t_sd[k], s_sd[k]) for k in t_sd if k.startswith("visual.layer"))
+    assert all(torch.equal(t_sd[k], s_sd[k]) for k in t_sd
+               if not k.startswith("visual.") and k != "logit_scale")  # frozen text tower
+    assert all(torch.equal(t_sd[k], s_sd[k]) for k in t_sd if k.startswith("visual.layer1"))
+    clip_loss = json.load(open(os.path.join(out, "clip", "metrics.json")))["loss"]
+    assert np.isfinite(clip_loss).all() and np.mean(clip_loss[-3:]) < np.mean(clip_loss[:3])
+    rpn = json.load(open(os.path.join(out, "rpn", "metrics.json")))
+    rpn_loss = [r["total"] for r in rpn["loss"]]
+    assert np.isfinite(rpn_loss).all() and rpn_loss[-1] < rpn_loss[0]
+    assert 0 <= rpn["recall50_base"] <= 1 and 0 <= rpn["recall50_novel"] <= 1
+    pre = json.load(open(os.path.join(out, "pretrain", "metrics.json")))
+    assert set(pre["loss"][0]) == {"loss_region_distill", "loss_concept_contrastive",
+                                   "loss_img_txt_level", "total"}
+    assert all(np.isfinite(list(r.values())).all() for r in pre["loss"])
+    pool = torch.load(os.path.join(out, "pretrain", "concept_emb.pth"))
+    assert pool.shape == (pre["concepts"], 32)
+    numbers = _numbers(out)
+    assert len(numbers) == 18 and all(v is None or 0 <= v <= 100 for v in numbers.values())
+    demo = json.load(open(os.path.join(out, "demo", "detections.json")))
+    assert len(demo["images"]) == 2 and set(NOVEL_SHAPES) <= set(demo["vocabulary"])
+    assert os.path.getsize(os.path.join(out, "demo", "toyworld_detector.pth")) < 2 ** 20
+    report = open(os.path.join(out, "report.md")).read()
+    assert "| RegionCLIP student (stage 3) | GT |" in report and "Made by" not in report
+
+
+@pytest.mark.slow
+def test_resume_skips_finished_stages_and_force_reruns(micro_run):
+    out, _ = micro_run
+    settings = _micro()
+    assert run_pipeline(settings, out, progress=False) == {}
+    ran = run_pipeline(settings, out, stages=["demo", "report"], force=True, progress=False)
+    assert list(ran) == ["demo"]
+    with pytest.raises(RuntimeError, match="has not run yet"):
+        run_pipeline(settings, out + "_empty", stages=["clip"], progress=False)
+
+
+@pytest.mark.slow
+def test_same_seed_gives_the_same_numbers(micro_run, tmp_path):
+    out, _ = micro_run
+    again = str(tmp_path / "again")
+    run_pipeline(_micro(), again, progress=False)
+    assert _numbers(again) == _numbers(out)
+    for stage_file in ("clip/clip.pth", "pretrain/student_clip.pth"):
+        a = torch.load(os.path.join(out, stage_file))
+        b = torch.load(os.path.join(again, stage_file))
+        assert all(torch.equal(a[k], b[k]) for k in a), stage_file
+
+
+@pytest.mark.slow
+def test_demo_cli_with_user_vocabulary_and_images(micro_run, tmp_path):
+    out, _ = micro_run
+    images = tmp_path / "imgs"
+    images.mkdir()
+    from PIL import Image
+
+    world = World(os.path.join(out, "world"))
+    for k in range(2):
+        Image.fromarray(world.images("test")[k]).save(images / f"mine_{k}.png")
+    cmd = [sys.executable, os.path.join(REPO, "tools", "toyworld.py"), "demo",
+           "--package", os.path.join(out, "demo", "toyworld_detector.pth"),
+           "--output", str(tmp_path / "demo"), "--vocab", "red star, circle,heart",
+           "--images", str(images), "--threshold", "0.0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.load(open(tmp_path / "demo" / "detections.json"))
+    assert result["vocabulary"] == ["red star", "circle", "heart"]
+    assert [e["image"] for e in result["images"]] == ["mine_0.png", "mine_1.png"]
+    labels = {d["label"] for e in result["images"] for d in e["detections"]}
+    assert labels and labels <= {"red star", "circle", "heart"}
+    assert (tmp_path / "demo" / "mine_0_detections.png").is_file()
+
+
+def _doc_table(doc):
+    text = open(doc).read()
+    command = re.search(r"Made by:\n\n```\n(.*?)\n```", text).group(1)
+    rows = re.findall(r"^\| (.+?) \| (?:(GT|RPN) \| )?([\d.]+) ± ([\d.]+) \| ([\d.]+) ± ([\d.]+) "
+                      r"\| ([\d.]+) ± ([\d.]+) \|$", text, flags=re.M)
+    return command, rows
+
+
+@pytest.mark.skipif(not os.environ.get("REGIONCLIP_TOYWORLD_FULL"),
+                    reason="reruns `make toyworld` (about 10 minutes); set REGIONCLIP_TOYWORLD_FULL=1")
+def test_committed_table_is_reproduced_by_its_command(tmp_path):
+    command, rows = _doc_table(os.path.join(REPO, "docs", "TOYWORLD.md"))
+    assert len(rows) == 6
+    args = command.split()[2:]
+    out = str(tmp_path / "run")
+    args[args.index("--output") + 1] = out
+    args = [a for a in args if a not in ("--ship-weights", "--doc")]
+    subprocess.run([sys.executable, os.path.join(REPO, "tools", "toyworld.py")]
+                   + [a for a in args if not a.startswith(("regionclip/", "docs/"))]
+                   + ["--no-progress"], check=True, cwd=REPO)
+    new = open(os.path.join(out, "report.md")).read()
+    _, new_rows = _doc_table_text(new)
+    for old, fresh in zip(rows, new_rows):
+        for k in (2, 4, 6):
+            value, std = float(old[k]), float(old[k + 1])
+            assert abs(float(fresh[k]) - value) <= 3 * std + 0.5, (old, fresh)
+
+
+def _doc_table_text(text):
+    rows = re.findall(r"^\| (.+?) \| (?:(GT|RPN) \| )?([\d.]+) ± ([\d.]+) \| ([\d.]+) ± ([\d.]+) "
+                      r"\| ([\d.]+) ± ([\d.]+) \|$", text, flags=re.M)
+    return None, rows
