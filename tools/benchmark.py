@@ -127,6 +127,47 @@ def case_zeroshot(args):
             "attnpool_gflop_per_region": flops_attn / k / 1e9}
 
 
+def case_zeroshot_original(args):
+    """The same zero-shot workload with the original RegionCLIP code (``--original CHECKOUT``).
+
+    Runs in its own process with the original's fork of detectron2 first on ``sys.path`` and the
+    import shims of tests/parity/generate_fixtures.py (none changes a computation).
+    """
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "parity_generator", os.path.join(REPO, "tests", "parity", "generate_fixtures.py"))
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    generator.install_shims(args.original)
+    import torch
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+    from detectron2.structures import Boxes, Instances
+
+    torch.manual_seed(0)
+    emb = os.path.join(args.tmp, "emb65.pth")
+    torch.save(torch.randn(65, 1024), emb)
+    h, w = args.size
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(args.original, os.path.relpath(ZS_CONFIG, REPO)))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.CLIP.CROP_REGION_TYPE", "GT",
+                         "MODEL.CLIP.TEXT_EMB_PATH", emb, "INPUT.MIN_SIZE_TEST", str(h),
+                         "INPUT.MAX_SIZE_TEST", str(w)])
+    model = build_model(cfg)
+    _realistic_random_weights(model)
+    model.eval()
+    inst = Instances((h, w))
+    inst.gt_boxes = Boxes(_boxes(args.num_regions, h, w))
+    inputs = [{"image": torch.randint(0, 255, (3, h, w), dtype=torch.uint8), "instances": inst,
+               "height": h, "width": w}]
+    with torch.no_grad():
+        seconds = _timeit(lambda: model(inputs), args.repeats)
+        flops = _flops(lambda: model(inputs))
+    return {"case": f"original_zeroshot_{args.num_regions}", "regions": args.num_regions,
+            "chunk": "", "seconds": seconds, "gflop": flops / 1e9}
+
+
 def case_train(args):
     """One CLIPFastRCNN training step (COCO config, focal loss) on N sampled regions."""
     import torch
@@ -190,7 +231,8 @@ def case_pretrain(args):
             "seconds": seconds, "gflop": _flops(step) / 1e9}
 
 
-CASES = {"roof": case_roof, "zeroshot": case_zeroshot, "train": case_train, "pretrain": case_pretrain}
+CASES = {"roof": case_roof, "zeroshot": case_zeroshot, "original": case_zeroshot_original,
+         "train": case_train, "pretrain": case_pretrain}
 
 
 def run_child(args):
@@ -213,6 +255,8 @@ def main():
                         help="MODEL.CLIP.INFERENCE_REGION_CHUNK values for the zero-shot cases")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", default=os.path.join(REPO, "output", "benchmark.json"))
+    parser.add_argument("--original", default=None, metavar="CHECKOUT",
+                        help="a checkout of microsoft/RegionCLIP: also time its zero-shot inference")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--num-regions", type=int, default=100, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -225,6 +269,8 @@ def main():
             parser.error(f"unknown case {case!r}; choose from {sorted(CASES)}")
         if case == "zeroshot":
             jobs += [(case, n, c) for n in args.regions for c in args.chunk]
+            if args.original:
+                jobs += [("original", n, 0) for n in args.regions]
         elif case == "train":
             jobs.append((case, args.train_regions, 0))
         elif case == "pretrain":
@@ -240,6 +286,8 @@ def main():
     for case, n, chunk in jobs_iter:
         cmd = [sys.executable, __file__, "--child", case, "--num-regions", str(n), "--chunk", str(chunk),
                "--size", *map(str, args.size), "--repeats", str(args.repeats)]
+        if args.original:
+            cmd += ["--original", args.original]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not lines:
