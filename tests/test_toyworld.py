@@ -236,7 +236,7 @@ def test_every_stage_writes_its_outputs(micro_run):
     assert np.isfinite(clip_loss).all() and np.mean(clip_loss[-3:]) < np.mean(clip_loss[:3])
     rpn = json.load(open(os.path.join(out, "rpn", "metrics.json")))
     rpn_loss = [r["total"] for r in rpn["loss"]]
-    assert np.isfinite(rpn_loss).all() and rpn_loss[-1] < rpn_loss[0]
+    assert np.isfinite(rpn_loss).all() and np.mean(rpn_loss[-3:]) < np.mean(rpn_loss[:3])
     assert 0 <= rpn["recall50_base"] <= 1 and 0 <= rpn["recall50_novel"] <= 1
     pre = json.load(open(os.path.join(out, "pretrain", "metrics.json")))
     assert set(pre["loss"][0]) == {"loss_region_distill", "loss_concept_contrastive",
@@ -248,7 +248,18 @@ def test_every_stage_writes_its_outputs(micro_run):
     assert len(numbers) == 18 and all(v is None or 0 <= v <= 100 for v in numbers.values())
     demo = json.load(open(os.path.join(out, "demo", "detections.json")))
     assert len(demo["images"]) == 2 and set(NOVEL_SHAPES) <= set(demo["vocabulary"])
-    assert os.path.getsize(os.path.join(out, "demo", "toyworld_detector.pth")) < 2 ** 20
+    package = os.path.join(out, "demo", "toyworld_detector.pth")
+    final = os.path.join(out, "transfer", "student", "model_final.pth")
+    assert os.path.getsize(package) < os.path.getsize(final)  # float16, no unused token rows
+    unpacked = torch.load(os.path.join(out, "demo", "package", "detector.pth"))["model"]
+    trained = torch.load(final, weights_only=False)["model"]
+    for key, value in trained.items():
+        if key.startswith("offline_backbone.layer4") or "test_cls_score" in key:
+            continue
+        torch.testing.assert_close(unpacked[key], value.float(), rtol=2e-3, atol=1e-4)
+    student_text = torch.load(os.path.join(out, "pretrain", "student_clip.pth"))
+    torch.testing.assert_close(unpacked["lang_encoder.text_projection"],
+                               student_text["text_projection"], rtol=2e-3, atol=1e-4)
     report = open(os.path.join(out, "report.md")).read()
     assert "| RegionCLIP student (stage 3) | GT |" in report and "Made by" not in report
 

@@ -5,6 +5,7 @@
         [--no-progress] [KEY VALUE ...]
     python tools/toyworld.py demo [--output output/demo] [--package FILE] [--vocab "a,b,c"]
         [--images FILE_OR_DIR] [--num-scenes 8] [--seed 2024] [--threshold 0.5]
+    python tools/toyworld.py analyze --output output/toyworld [--size ...] [KEY VALUE ...]
 """
 import argparse
 import logging
@@ -12,7 +13,7 @@ import shlex
 import sys
 import time
 
-__all__ = ["main", "run_main", "demo_main"]
+__all__ = ["main", "run_main", "demo_main", "analyze_main"]
 
 
 def _run_parser():
@@ -79,6 +80,24 @@ def demo_main(argv) -> int:
     return 0
 
 
+def analyze_main(argv) -> int:
+    """``tools/toyworld.py analyze``: region recognition of teacher and student, pseudo labels."""
+    import json
+
+    from .analysis import analyze
+    from .settings import load_settings
+
+    p = argparse.ArgumentParser(prog="tools/toyworld.py analyze",
+                                description="Why the student does (not) beat the teacher.")
+    p.add_argument("--output", default="output/toyworld", help="folder of a finished run")
+    p.add_argument("--size", default="default", help="the run's settings")
+    p.add_argument("opts", nargs=argparse.REMAINDER)
+    args = p.parse_args(argv)
+    result = analyze(args.output, load_settings(args.size, args.opts))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     """Dispatch to ``run`` (default) or ``demo``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -89,6 +108,8 @@ def main(argv=None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if argv and argv[0] == "demo":
         return demo_main(argv[1:])
+    if argv and argv[0] == "analyze":
+        return analyze_main(argv[1:])
     if argv and argv[0] == "run":
         argv = argv[1:]
     return run_main(argv)

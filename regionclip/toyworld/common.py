@@ -43,7 +43,8 @@ def stage_cfg(settings, stage_node, opts: Sequence = ()):
     Args:
         settings (CfgNode): toy-world settings (for the CLIP architecture sizes).
         stage_node (CfgNode): ``settings.RPN`` / ``PRETRAIN`` / ``TRANSFER`` / ``EVAL``.
-        opts (sequence): ``KEY VALUE`` overrides (paths of this run).
+        opts (sequence): ``KEY VALUE`` overrides (paths of this run); the stage's own
+            ``OPTS`` come last.
 
     Returns:
         CfgNode: the config (not frozen), ``MODEL.DEVICE`` cpu.
@@ -64,7 +65,7 @@ def stage_cfg(settings, stage_node, opts: Sequence = ()):
              "MODEL.CLIP.TEACHER_POOLER_RESOLUTION", 2 * grid,
              "INPUT.MIN_SIZE_TRAIN", (size,), "INPUT.MAX_SIZE_TRAIN", size,
              "INPUT.MIN_SIZE_TEST", size, "INPUT.MAX_SIZE_TEST", size]
-    cfg.merge_from_list(solver + world + list(opts))
+    cfg.merge_from_list(solver + world + list(opts) + [str(v) for v in stage_node.OPTS])
     return cfg
 
 

@@ -112,8 +112,7 @@ def run_pipeline(settings, out: str, stages: Optional[Iterable[str]] = None, for
                 train_rpn(settings, world, paths["clip"], os.path.join(out, "rpn"), progress)
             elif stage == "pretrain":
                 pretrain_student(settings, world, paths["clip"], paths["rpn"],
-                                 os.path.join(out, "pretrain"), progress,
-                                 teacher_temperature(settings, paths["clip"]["metrics"]))
+                                 os.path.join(out, "pretrain"), progress)
             elif stage == "zeroshot":
                 zero_shot(settings, world, {"teacher": paths["clip"], "student": paths["student"]},
                           paths["rpn"], os.path.join(out, "zeroshot"),

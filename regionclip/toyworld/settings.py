@@ -56,8 +56,10 @@ def get_toyworld_cfg() -> CN:
     c.CLIP.BF16 = True  # bfloat16 autocast (mixed precision) in training
     c.CLIP.CHANNELS_LAST = True  # faster convolutions on CPUs
     c.CLIP.BN3_GAMMA_ONE = True  # CLIP zero-inits each block's last BN gamma; 1 learns faster
-    # Temperature of RegionCLIP's losses and classifiers (the original's 0.01 is OpenAI CLIP's
-    # learned temperature); 0 means the toy teacher's own learned temperature 1 / logit_scale.
+    # Temperature of the text-embedding classifiers of zero-shot and transfer detection (the
+    # original's 0.01 is OpenAI CLIP's learned temperature); 0 means the toy teacher's own learned
+    # temperature 1 / logit_scale. Pretraining keeps the original's 0.01 (pretrain.yaml), which
+    # equals the teacher's hard-coded pseudo-label temperature (docs/TOYWORLD.md).
     c.CLSS_TEMP = 0.0
     for stage, config, iters, batch, lr in (("RPN", "rpn.yaml", 300, 16, 1e-3),
                                             ("PRETRAIN", "pretrain.yaml", 300, 16, 2e-4),
@@ -67,9 +69,11 @@ def get_toyworld_cfg() -> CN:
         node.ITERS = iters
         node.BATCH_SIZE = batch
         node.LR = lr
+        node.OPTS = []  # more KEY VALUE overrides of the stage's detectron2 config
         setattr(c, stage, node)
     c.EVAL = CN()
     c.EVAL.CONFIG = os.path.join("configs", "toyworld", "zeroshot.yaml")
+    c.EVAL.OPTS = []
     c.EVAL.BOOTSTRAP = 200  # resamples of the test images for the confidence intervals
     c.EVAL.PROMPTS = "toy"  # "toy" (caption-style templates), "imagenet" (the original's 81), "none"
     c.EVAL.GRID_IMAGES = 12
