@@ -23,7 +23,7 @@ def _run_parser():
                                 description="RegionCLIP end to end in a generated world.")
     p.add_argument("--output", default="output/toyworld", help="output folder")
     p.add_argument("--size", default="default",
-                   help="settings: micro, tiny, default or a yaml file (configs/toyworld/)")
+                   help="settings: micro, tiny, default (regionclip/toyworld/presets/) or a yaml file")
     p.add_argument("--seed", type=int, default=None, help="overrides SEED")
     p.add_argument("--stages", default=",".join(STAGES),
                    help=f"comma-separated stages among {','.join(STAGES)}")

@@ -1,7 +1,8 @@
 """Settings of a toy-world run: world size, the small CLIP, iterations of every stage.
 
-Settings are a yacs ``CfgNode`` read from ``configs/toyworld/<size>.yaml`` (``_BASE_`` works as in
-detectron2). The models of stages 2-5 are described by detectron2 yamls named in the settings
+Settings are a yacs ``CfgNode`` read from ``regionclip/toyworld/presets/<size>.yaml`` (``_BASE_``
+works as in detectron2; they are not detectron2 configs, so they live outside ``configs/``, where
+every yaml is a detectron2 config). The models of stages 2-5 are described by detectron2 yamls named in the settings
 (``RPN.CONFIG`` ...); the pipeline writes the run's paths and the stage's ``ITERS``,
 ``BATCH_SIZE`` and ``LR`` into them (``SOLVER.MAX_ITER``, ``SOLVER.IMS_PER_BATCH``,
 ``SOLVER.BASE_LR``) and saves the resolved config next to the stage's outputs.
@@ -12,16 +13,17 @@ from detectron2.config import CfgNode as CN
 
 from regionclip.clip import CLIPConfig, TextConfig, VisualConfig
 
-__all__ = ["REPO_ROOT", "CONFIG_DIR", "SIZES", "get_toyworld_cfg", "load_settings", "clip_config",
+__all__ = ["REPO_ROOT", "CONFIG_DIR", "PRESET_DIR", "SIZES", "get_toyworld_cfg", "load_settings", "clip_config",
            "resolve_path"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG_DIR = os.path.join(REPO_ROOT, "configs", "toyworld")
+CONFIG_DIR = os.path.join(REPO_ROOT, "configs", "toyworld")  # the stages' detectron2 yamls
+PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")  # world settings
 SIZES = ("micro", "tiny", "default")
 
 
 def get_toyworld_cfg() -> CN:
-    """Default settings (the ``default`` size); every key is documented in default.yaml."""
+    """Default settings (the ``default`` size); every key is documented in presets/default.yaml."""
     c = CN()
     c.SEED = 0
     c.NUM_THREADS = 0  # torch intra-op threads; 0 keeps torch's default
@@ -97,7 +99,7 @@ def load_settings(size_or_file: str = "default", opts=()) -> CN:
         CfgNode: frozen settings.
     """
     cfg = get_toyworld_cfg()
-    path = (os.path.join(CONFIG_DIR, f"{size_or_file}.yaml") if size_or_file in SIZES
+    path = (os.path.join(PRESET_DIR, f"{size_or_file}.yaml") if size_or_file in SIZES
             else size_or_file)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"toy-world settings '{path}' do not exist (expected a size among "
