@@ -3,7 +3,10 @@
 For a CLIP file (teacher or student) and the test scenes' ground-truth boxes:
 
 * ``roi``: the region embedding RegionCLIP uses (RoIAlign on res4, then res5 and the attention
-  pool), classified among the 12 category names (top-1 accuracy, base / novel);
+  pool), classified among the 12 category names (top-1 accuracy, base / novel, and the share of
+  the most predicted name); ``roi_centred`` subtracts each name's mean similarity over all
+  regions first (a name that is close to every region no longer wins everywhere: what is left is
+  the per-class ranking that AP measures);
 * ``crop``: the object cropped (with 10 % context), resized to the CLIP input size and encoded
   as a whole image (what a CLIP knows about an object seen alone);
 * ``pseudo``: the teacher's pseudo label over the concept pool (argmax, as in pretraining) of the
@@ -76,8 +79,12 @@ def region_accuracy(arch: str, weights: str, world, prompts: str = "toy") -> Dic
     base = [world.class_names.index(c) for c in world.base_classes]
     out = {}
     for name, fn in (("roi", _roi_embeddings), ("crop", _crop_embeddings)):
-        emb = F.normalize(fn(model, images, boxes), dim=-1)
-        out[name] = _accuracy((emb @ text.t()).argmax(1), labels, base)
+        sim = F.normalize(fn(model, images, boxes), dim=-1) @ text.t()
+        pred = sim.argmax(1)
+        out[name] = _accuracy(pred, labels, base)
+        out[name]["most_predicted_share"] = float(torch.bincount(pred).max()) / len(pred)
+        # each class's mean similarity removed: what the ranking of regions per class knows
+        out[f"{name}_centred"] = _accuracy((sim - sim.mean(0)).argmax(1), labels, base)
     return out
 
 
@@ -105,7 +112,10 @@ def pseudo_label_accuracy(arch: str, teacher: str, world, concepts: List[str],
     right = [concepts[int(p)] in SHAPE_SYNONYMS[names[c]] for p, c in zip(picks, labels)]
     is_base = [names[c] in world.base_classes for c in labels]
     shape_words = {w for ws in SHAPE_SYNONYMS.values() for w in ws}
+    counts = torch.bincount(picks, minlength=len(concepts))
     return {"regions": len(rows), "correct": float(np.mean(right)),
+            "most_common": concepts[int(counts.argmax())],
+            "most_common_share": float(counts.max()) / len(picks),
             "correct_base": float(np.mean([r for r, b in zip(right, is_base) if b])),
             "correct_novel": float(np.mean([r for r, b in zip(right, is_base) if not b])),
             "any_shape_noun": float(np.mean([concepts[int(p)] in shape_words for p in picks]))}

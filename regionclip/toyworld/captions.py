@@ -31,7 +31,7 @@ _SMALL, _BIG = ("small", "tiny", "little"), ("big", "large")
 
 
 def _pick(rng, options: Sequence[str], first_weight: float = 0.0) -> str:
-    """A random option; with ``first_weight`` the first option is preferred with that probability."""
+    """A random option; the first one is preferred with probability ``first_weight``."""
     if first_weight and rng.random() < first_weight:
         return options[0]
     return options[int(rng.integers(len(options)))]

@@ -4,7 +4,7 @@
         [--seed 0] [--stages world,clip,...] [--force] [--ship-weights DIR] [--doc FILE]
         [--no-progress] [KEY VALUE ...]
     python tools/toyworld.py demo [--output output/demo] [--package FILE] [--vocab "a,b,c"]
-        [--images FILE_OR_DIR] [--num-scenes 8] [--seed 2024] [--threshold 0.5]
+        [--images FILE_OR_DIR] [--num-scenes 8] [--seed 2024] [--threshold 0.15] [--top-k 6]
     python tools/toyworld.py analyze --output output/toyworld [--size ...] [KEY VALUE ...]
 """
 import argparse
@@ -23,13 +23,15 @@ def _run_parser():
                                 description="RegionCLIP end to end in a generated world.")
     p.add_argument("--output", default="output/toyworld", help="output folder")
     p.add_argument("--size", default="default",
-                   help="settings: micro, tiny, default (regionclip/toyworld/presets/) or a yaml file")
+                   help="settings: micro, tiny, default (regionclip/toyworld/presets/) or a "
+                   "yaml file")
     p.add_argument("--seed", type=int, default=None, help="overrides SEED")
     p.add_argument("--stages", default=",".join(STAGES),
                    help=f"comma-separated stages among {','.join(STAGES)}")
     p.add_argument("--force", action="store_true", help="rerun stages whose outputs exist")
     p.add_argument("--ship-weights", default=None,
-                   help="copy the detector package here (make toyworld: regionclip/toyworld/weights)")
+                   help="copy the detector package here (make toyworld: "
+                   "regionclip/toyworld/weights)")
     p.add_argument("--doc", default=None, help="markdown file whose results section is rewritten")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="settings overrides KEY VALUE ...")
@@ -66,13 +68,16 @@ def demo_main(argv) -> int:
     p.add_argument("--images", default="", help="an image file or a folder (default: generated)")
     p.add_argument("--num-scenes", type=int, default=8)
     p.add_argument("--seed", type=int, default=2024, help="seed of the generated scenes")
-    p.add_argument("--threshold", type=float, default=0.5, help="minimum score")
+    p.add_argument("--threshold", type=float, default=0.15, help="minimum score")
+    p.add_argument("--top-k", type=int, default=6, help="detections kept per image")
+    p.add_argument("--agnostic-nms", type=float, default=0.3,
+                   help="IoU of a class-agnostic NMS over the per-class detections (1: off)")
     args = p.parse_args(argv)
     vocab = [v.strip() for v in args.vocab.split(",") if v.strip()] or None
     images = load_images(args.images) if args.images else None
     start = time.perf_counter()
     result = run_demo(args.output, args.package, vocab, images, args.num_scenes, args.seed,
-                      args.threshold)
+                      args.threshold, top_k=args.top_k, agnostic_nms=args.agnostic_nms)
     found = sum(len(e["detections"]) for e in result["images"])
     print(f"demo: {found} detections of {len(result['vocabulary'])} names in "
           f"{len(result['images'])} images in {time.perf_counter() - start:.1f} s; pictures and "

@@ -19,7 +19,8 @@ from regionclip.config import add_regionclip_config
 
 from .settings import resolve_path
 
-__all__ = ["seed_everything", "stage_cfg", "teacher_temperature", "build_adamw", "train_loop", "detection_inputs",
+__all__ = ["seed_everything", "stage_cfg", "teacher_temperature", "build_adamw", "train_loop",
+           "detection_inputs",
            "detection_batches", "write_json", "read_json", "Timer"]
 
 logger = logging.getLogger(__name__)

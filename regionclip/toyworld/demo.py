@@ -66,9 +66,21 @@ def _generated(num: int, seed: int, image_size: int) -> List[tuple]:
     return [(f"scene_{k:02d}.png", draw_scene(rng, spec).image) for k in range(num)]
 
 
+def _declutter(dets: List[dict], iou: float, top_k: int) -> List[dict]:
+    """Class-agnostic NMS (one label per object in the picture), then the ``top_k`` best."""
+    if not dets or iou >= 1:
+        return dets[:top_k]
+    from torchvision.ops import nms
+
+    boxes = torch.tensor([d["box"] for d in dets], dtype=torch.float32)
+    scores = torch.tensor([d["score"] for d in dets], dtype=torch.float32)
+    return [dets[int(i)] for i in nms(boxes, scores, iou)[:top_k]]
+
+
 def run_demo(out_dir: str, package: str = DEFAULT_PACKAGE, vocabulary: Optional[List[str]] = None,
              images: Optional[List[tuple]] = None, num_scenes: int = 8, seed: int = 2024,
-             score_threshold: float = 0.5, novel: Sequence[str] = ()) -> Dict:
+             score_threshold: float = 0.15, novel: Sequence[str] = (), top_k: int = 6,
+             agnostic_nms: float = 0.3) -> Dict:
     """Detect ``vocabulary`` in images and write pictures, a grid and ``detections.json``.
 
     Args:
@@ -78,9 +90,14 @@ def run_demo(out_dir: str, package: str = DEFAULT_PACKAGE, vocabulary: Optional[
         images (list[tuple]): ``(name, RGB array)``; default: ``num_scenes`` generated scenes.
         num_scenes (int): generated scenes when ``images`` is None.
         seed (int): seed of the generated scenes.
-        score_threshold (float): minimum score drawn and listed.
+        score_threshold (float): minimum score drawn and listed (the toy detector's class
+            probabilities are soft: a softmax over the vocabulary and background at the teacher's
+            temperature).
         novel (sequence[str]): names to mark as novel in the pictures (default: the package's
             novel categories).
+        top_k (int): detections kept per image.
+        agnostic_nms (float): IoU of a class-agnostic NMS over the detector's per-class output
+            (1 disables it).
 
     Returns:
         dict: the content of ``detections.json``.
@@ -96,14 +113,16 @@ def run_demo(out_dir: str, package: str = DEFAULT_PACKAGE, vocabulary: Optional[
     detector = ToyRegionCLIP.from_config(files["config"], weights=files["weights"])
     entries, pictures = [], []
     for name, rgb in images:
-        dets = [d for d in detector.detect(rgb, vocabulary, score_threshold=score_threshold)]
+        dets = _declutter(detector.detect(rgb, vocabulary, score_threshold=score_threshold),
+                          agnostic_nms, top_k)
         entries.append({"image": name, "height": int(rgb.shape[0]), "width": int(rgb.shape[1]),
                         "detections": dets})
         picture = draw_detections(rgb, dets, novel)
         picture.save(os.path.join(out_dir, os.path.splitext(name)[0] + "_detections.png"))
         pictures.append(picture)
     save_grid(pictures, os.path.join(out_dir, "grid.png"))
-    payload = {"vocabulary": vocabulary, "score_threshold": score_threshold,
+    payload = {"vocabulary": vocabulary, "score_threshold": score_threshold, "top_k": top_k,
+               "agnostic_nms": agnostic_nms,
                "package": os.path.abspath(package), "images": entries}
     write_json(os.path.join(out_dir, "detections.json"), payload)
     return payload

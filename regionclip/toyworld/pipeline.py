@@ -12,7 +12,8 @@ Stages (in order) and the file that marks each one as done::
     report    report.json                      the results table (and docs/TOYWORLD.md)
 
 A stage whose marker exists is skipped unless forced; a forced stage makes every later stage
-run again; the report is always rewritten. ``timings.json`` keeps the wall-clock seconds of every stage that ran.
+run again; the report is always rewritten. ``timings.json`` keeps the wall-clock seconds of
+every stage that ran.
 """
 import logging
 import os

@@ -43,8 +43,9 @@ def results_markdown(out: str, settings, timings: Dict[str, float], command: str
     if command:
         lines += ["Made by:", "", "```", command, "```", ""]
     total = sum(timings.values())
-    lines += [f"Seed {settings.SEED}; torch {torch.__version__}, {torch.get_num_threads()} "
-              f"threads, {platform.machine()}. World: "
+    threads = torch.get_num_threads()
+    lines += [f"Seed {settings.SEED}; torch {torch.__version__}, {threads} "
+              f"thread{'s' if threads != 1 else ''}, {platform.machine()}. World: "
               + ", ".join(f"{k} {v['images']} images / {v['objects']} objects"
                           for k, v in world["splits"].items())
               + f"; concept pool {world['concepts']} caption nouns.", "",

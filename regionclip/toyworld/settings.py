@@ -2,7 +2,8 @@
 
 Settings are a yacs ``CfgNode`` read from ``regionclip/toyworld/presets/<size>.yaml`` (``_BASE_``
 works as in detectron2; they are not detectron2 configs, so they live outside ``configs/``, where
-every yaml is a detectron2 config). The models of stages 2-5 are described by detectron2 yamls named in the settings
+every yaml is a detectron2 config). The models of stages 2-5 are described by detectron2 yamls
+named in the settings
 (``RPN.CONFIG`` ...); the pipeline writes the run's paths and the stage's ``ITERS``,
 ``BATCH_SIZE`` and ``LR`` into them (``SOLVER.MAX_ITER``, ``SOLVER.IMS_PER_BATCH``,
 ``SOLVER.BASE_LR``) and saves the resolved config next to the stage's outputs.
@@ -13,7 +14,8 @@ from detectron2.config import CfgNode as CN
 
 from regionclip.clip import CLIPConfig, TextConfig, VisualConfig
 
-__all__ = ["REPO_ROOT", "CONFIG_DIR", "PRESET_DIR", "SIZES", "get_toyworld_cfg", "load_settings", "clip_config",
+__all__ = ["REPO_ROOT", "CONFIG_DIR", "PRESET_DIR", "SIZES", "get_toyworld_cfg", "load_settings",
+           "clip_config",
            "resolve_path"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -77,9 +79,9 @@ def get_toyworld_cfg() -> CN:
     c.EVAL.CONFIG = os.path.join("configs", "toyworld", "zeroshot.yaml")
     c.EVAL.OPTS = []
     c.EVAL.BOOTSTRAP = 200  # resamples of the test images for the confidence intervals
-    c.EVAL.PROMPTS = "toy"  # "toy" (caption-style templates), "imagenet" (the original's 81), "none"
+    c.EVAL.PROMPTS = "toy"  # "toy" (caption-style), "imagenet" (the original's 81), "none"
     c.EVAL.GRID_IMAGES = 12
-    c.EVAL.GRID_SCORE_THRESH = 0.5
+    c.EVAL.GRID_SCORE_THRESH = 0.15
     return c
 
 

@@ -28,7 +28,7 @@ _BASE_COLOUR, _NOVEL_COLOUR = (255, 255, 255), (255, 0, 255)
 
 def draw_detections(rgb: np.ndarray, detections: List[dict], novel: Sequence[str] = (),
                     scale: int = _SCALE) -> Image.Image:
-    """The image enlarged ``scale`` times with boxes, labels and scores (novel names magenta, ``*``)."""
+    """The image enlarged ``scale`` times with boxes, labels, scores (novel: magenta, ``*``)."""
     img = Image.fromarray(rgb).resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.NEAREST)
     draw = ImageDraw.Draw(img)
     for det in detections:

@@ -47,7 +47,8 @@ COLOURS: Dict[str, Tuple[int, int, int]] = {
 }
 COLOUR_WORDS: Dict[str, Tuple[str, ...]] = {
     "red": ("red",), "orange": ("orange",), "yellow": ("yellow",), "green": ("green",),
-    "blue": ("blue",), "purple": ("purple", "violet"), "pink": ("pink",), "black": ("black", "dark"),
+    "blue": ("blue",), "purple": ("purple", "violet"), "pink": ("pink",),
+    "black": ("black", "dark"),
 }
 
 TEXTURES: Tuple[str, ...] = ("plain", "striped", "dotted", "checkered")
