@@ -2,7 +2,8 @@
 #   make install   create .venv with torch, detectron2 and this project (editable, test extras)
 #   make test      install if needed, then run the test suite
 #   make toyworld  RegionCLIP end to end on a generated world (~15 min on 2 cores): results
-#                  table in docs/TOYWORLD.md, detector package in regionclip/toyworld/weights
+#                  table in docs/TOYWORLD.md, detector package in regionclip/toyworld/weights;
+#                  VOCAB and IMAGES set the picture grid of stage 6 (FORCE=1 reruns everything)
 #   make demo      detect a vocabulary with the shipped toy detector (under a minute);
 #                  VOCAB="star,red circle" and IMAGES=file-or-folder are optional
 # Variables: PYTHON (interpreter that creates the venv), VENV (its location).
@@ -39,7 +40,8 @@ test: install
 
 toyworld: install
 	$(PY) tools/toyworld.py --output $(TOYWORLD_OUT) --size $(TOYWORLD_SIZE) \
-		--ship-weights regionclip/toyworld/weights --doc docs/TOYWORLD.md $(if $(FORCE),--force)
+		--ship-weights regionclip/toyworld/weights --doc docs/TOYWORLD.md $(if $(FORCE),--force) \
+		$(if $(VOCAB),--vocab "$(VOCAB)") $(if $(IMAGES),--images "$(IMAGES)")
 
 demo: install
 	$(PY) tools/toyworld.py demo --output $(DEMO_OUT) $(if $(VOCAB),--vocab "$(VOCAB)") \

@@ -271,6 +271,10 @@ def test_resume_skips_finished_stages_and_force_reruns(micro_run):
     assert run_pipeline(settings, out, progress=False) == {}
     ran = run_pipeline(settings, out, stages=["demo", "report"], force=True, progress=False)
     assert list(ran) == ["demo"]
+    custom = _micro("EVAL.GRID_VOCAB", "['heart', 'red circle']")
+    assert list(run_pipeline(custom, out, progress=False)) == ["demo"]
+    grid = json.load(open(os.path.join(out, "demo", "detections.json")))
+    assert grid["vocabulary"] == ["heart", "red circle"]
     with pytest.raises(RuntimeError, match="has not run yet"):
         run_pipeline(settings, out + "_empty", stages=["clip"], progress=False)
 

@@ -2,7 +2,7 @@
 
     python tools/toyworld.py [run] --output output/toyworld [--size micro|tiny|default|FILE]
         [--seed 0] [--stages world,clip,...] [--force] [--ship-weights DIR] [--doc FILE]
-        [--no-progress] [KEY VALUE ...]
+        [--no-progress] [--vocab "a,b"] [--images FILE_OR_DIR] [KEY VALUE ...]
     python tools/toyworld.py demo [--output output/demo] [--package FILE] [--vocab "a,b,c"]
         [--images FILE_OR_DIR] [--num-scenes 8] [--seed 2024] [--threshold 0.15] [--top-k 6]
     python tools/toyworld.py analyze --output output/toyworld [--size ...] [KEY VALUE ...]
@@ -34,6 +34,10 @@ def _run_parser():
                    "regionclip/toyworld/weights)")
     p.add_argument("--doc", default=None, help="markdown file whose results section is rewritten")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--vocab", default="",
+                   help="comma-separated names for the picture grid (EVAL.GRID_VOCAB)")
+    p.add_argument("--images", default="",
+                   help="image or folder for the picture grid (EVAL.GRID_IMAGES_PATH)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="settings overrides KEY VALUE ...")
     return p
 
@@ -45,6 +49,11 @@ def run_main(argv) -> int:
 
     args = _run_parser().parse_args(argv)
     opts = list(args.opts) + (["SEED", str(args.seed)] if args.seed is not None else [])
+    vocab = [v.strip() for v in args.vocab.split(",") if v.strip()]
+    if vocab:
+        opts += ["EVAL.GRID_VOCAB", repr(vocab)]
+    if args.images:
+        opts += ["EVAL.GRID_IMAGES_PATH", repr(args.images)]
     settings = load_settings(args.size, opts)
     command = "python tools/toyworld.py " + " ".join(shlex.quote(a) for a in argv)
     start = time.perf_counter()

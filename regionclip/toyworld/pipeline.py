@@ -12,7 +12,8 @@ Stages (in order) and the file that marks each one as done::
     report    report.json                      the results table (and docs/TOYWORLD.md)
 
 A stage whose marker exists is skipped unless forced; a forced stage makes every later stage
-run again; the report is always rewritten. ``timings.json`` keeps the wall-clock seconds of
+run again; the report is always rewritten, and so is the grid when a vocabulary or images are
+given for it (``EVAL.GRID_VOCAB`` / ``EVAL.GRID_IMAGES_PATH``). ``timings.json`` keeps the wall-clock seconds of
 every stage that ran.
 """
 import logging
@@ -98,7 +99,10 @@ def run_pipeline(settings, out: str, stages: Optional[Iterable[str]] = None, for
                 raise RuntimeError(f"stage '{stage}' has not run yet in {out} but a later stage "
                                    "was requested; include it in --stages")
             continue
-        if stage != "report" and _done(out, stage) and not (force or rerun):
+        custom_grid = stage == "demo" and bool(settings.EVAL.GRID_VOCAB
+                                               or settings.EVAL.GRID_IMAGES_PATH)
+        if (stage != "report" and not custom_grid and _done(out, stage)
+                and not (force or rerun)):
             logger.info("stage %s: outputs exist in %s, skipped", stage, out)
             continue
         rerun = True

@@ -82,6 +82,8 @@ def get_toyworld_cfg() -> CN:
     c.EVAL.PROMPTS = "toy"  # "toy" (caption-style), "imagenet" (the original's 81), "none"
     c.EVAL.GRID_IMAGES = 12
     c.EVAL.GRID_SCORE_THRESH = 0.15
+    c.EVAL.GRID_VOCAB = []  # names detected in the grid of stage 6 (empty: the 12 categories)
+    c.EVAL.GRID_IMAGES_PATH = ""  # an image or a folder for the grid (empty: test scenes)
     return c
 
 

@@ -2,7 +2,8 @@
 
 The RegionCLIP student's transfer detector is packed (:mod:`.weights`) and run through the same
 code as ``make demo`` (:func:`.demo.run_demo`) on test scenes with a vocabulary of all 12
-categories, novel ones included (drawn in magenta with a ``*``).
+categories, novel ones included (drawn in magenta with a ``*``), or on the images and vocabulary
+of ``EVAL.GRID_IMAGES_PATH`` / ``EVAL.GRID_VOCAB``.
 """
 import logging
 import os
@@ -74,7 +75,7 @@ def vocabulary_token_ids(world) -> np.ndarray:
 
 def demo_stage(settings, world, out: str, ship_to: str = None) -> str:
     """Pack the student's transfer detector and draw the grid; returns the grid's path."""
-    from .demo import run_demo
+    from .demo import load_images, run_demo
     from .weights import pack_detector
 
     demo_dir = os.path.join(out, "demo")
@@ -90,9 +91,12 @@ def demo_stage(settings, world, out: str, ship_to: str = None) -> str:
                   extra={"base_classes": world.base_classes, "novel_classes": world.novel_classes,
                          "image_size": settings.WORLD.IMAGE_SIZE, "seed": settings.SEED,
                          "transfer_ap50": {k: v for k, v in results.items() if "AP50" in k}})
-    images = world.images("test")[:settings.EVAL.GRID_IMAGES]
-    run_demo(demo_dir, package, images=[(f"test_{k + 1:06d}.png", img)
-                                        for k, img in enumerate(images)],
+    if settings.EVAL.GRID_IMAGES_PATH:
+        images = load_images(settings.EVAL.GRID_IMAGES_PATH)[:settings.EVAL.GRID_IMAGES]
+    else:
+        images = [(f"test_{k + 1:06d}.png", img)
+                  for k, img in enumerate(world.images("test")[:settings.EVAL.GRID_IMAGES])]
+    run_demo(demo_dir, package, vocabulary=list(settings.EVAL.GRID_VOCAB) or None, images=images,
              score_threshold=settings.EVAL.GRID_SCORE_THRESH)
     if ship_to:
         os.makedirs(ship_to, exist_ok=True)
