@@ -13,8 +13,8 @@ Stages (in order) and the file that marks each one as done::
 
 A stage whose marker exists is skipped unless forced; a forced stage makes every later stage
 run again; the report is always rewritten, and so is the grid when a vocabulary or images are
-given for it (``EVAL.GRID_VOCAB`` / ``EVAL.GRID_IMAGES_PATH``). ``timings.json`` keeps the wall-clock seconds of
-every stage that ran.
+given for it (``EVAL.GRID_VOCAB`` / ``EVAL.GRID_IMAGES_PATH``). ``timings.json`` keeps the
+wall-clock seconds of every stage that ran.
 """
 import logging
 import os
