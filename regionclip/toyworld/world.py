@@ -30,7 +30,7 @@ from .captions import concept_counts, make_caption
 from .scenes import SceneSpec, draw_scene
 from .vocabulary import BASE_SHAPES, NOVEL_SHAPES, categories
 
-__all__ = ["SPLITS", "scene_spec", "generate_world", "load_world", "register_world", "World"]
+__all__ = ["SPLITS", "scene_spec", "generate_world", "register_world", "World"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,10 +160,12 @@ class World:
 
     @property
     def base_classes(self) -> List[str]:
+        """Names of the base categories (boxes in detection training)."""
         return list(self.meta["base_classes"])
 
     @property
     def novel_classes(self) -> List[str]:
+        """Names of the novel categories (in captions only)."""
         return list(self.meta["novel_classes"])
 
     def images(self, split: str) -> np.ndarray:
@@ -181,6 +183,7 @@ class World:
         return self._cache[name]
 
     def json_path(self, name: str) -> str:
+        """Path of one of the world's COCO jsons."""
         return os.path.join(self.root, f"{name}.json")
 
     def captions(self, split: str = "captions") -> List[List[str]]:
