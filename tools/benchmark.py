@@ -168,11 +168,27 @@ def case_zeroshot_original(args):
             "chunk": "", "seconds": seconds, "gflop": flops / 1e9}
 
 
+def _time_training_step(model, inputs, repeats):
+    """(seconds, GFLOP) of one SGD step (forward, backward, update) of ``model`` on ``inputs``."""
+    import torch
+    from detectron2.utils.events import EventStorage
+
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+
+    def step():
+        with EventStorage():
+            loss = sum(model(inputs).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return _timeit(step, repeats), _flops(step) / 1e9
+
+
 def case_train(args):
     """One CLIPFastRCNN training step (COCO config, focal loss) on N sampled regions."""
     import torch
     from detectron2.structures import Boxes, Instances
-    from detectron2.utils.events import EventStorage
 
     torch.manual_seed(0)
     emb = os.path.join(args.tmp, "emb48.pth")
@@ -187,23 +203,13 @@ def case_train(args):
     inst.gt_boxes = Boxes(_boxes(n - 1, h, w))  # + the GT box appended to proposals = n regions
     inst.gt_classes = torch.randint(0, 48, (n - 1,))
     inputs = [{"image": torch.randint(0, 255, (3, h, w), dtype=torch.uint8), "instances": inst}]
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-
-    def step():
-        with EventStorage():
-            loss = sum(model(inputs).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    seconds = _timeit(step, args.repeats)
-    return {"case": f"train_step_{n}", "regions": n, "seconds": seconds, "gflop": _flops(step) / 1e9}
+    seconds, gflop = _time_training_step(model, inputs, args.repeats)
+    return {"case": f"train_step_{n}", "regions": n, "seconds": seconds, "gflop": gflop}
 
 
 def case_pretrain(args):
     """One PretrainFastRCNN step: teacher + student, N regions per image (RANDOM regions), RN50."""
     import torch
-    from detectron2.utils.events import EventStorage
 
     torch.manual_seed(0)
     pool = os.path.join(args.tmp, "pool.pth")
@@ -217,18 +223,9 @@ def case_pretrain(args):
 
     inputs = [{"image": torch.rand(3, h, w), "captions": tokenize(["a photo of a cat on a sofa"]),
                "key": "0", "dataset": "bench", "orig_size": (h, w)}]
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-
-    def step():
-        with EventStorage():
-            loss = sum(model(inputs).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    seconds = _timeit(step, args.repeats)
+    seconds, gflop = _time_training_step(model, inputs, args.repeats)
     return {"case": f"pretrain_step_{args.num_regions}", "regions": args.num_regions,
-            "seconds": seconds, "gflop": _flops(step) / 1e9}
+            "seconds": seconds, "gflop": gflop}
 
 
 CASES = {"roof": case_roof, "zeroshot": case_zeroshot, "original": case_zeroshot_original,
@@ -294,7 +291,7 @@ def main():
             raise RuntimeError(f"benchmark case {case} ({n} regions) failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(lines[-1][7:]))
     roof = next((r["gflops_fp32"] for r in results if r["case"] == "roof"), None)
-    print(f"\n| case | regions | chunk | seconds | GFLOP | efficiency vs roof | peak RSS MB |")
+    print("\n| case | regions | chunk | seconds | GFLOP | efficiency vs roof | peak RSS MB |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
         if r["case"] == "roof":
