@@ -30,6 +30,7 @@ import numpy as np
 
 from regionclip.data.datasets.lvis_ovd import IMAGE_EXTENSIONS
 from regionclip.data.vocabularies import VOCABULARY_NAMES, get_vocabulary
+from regionclip.tools import read_json
 from regionclip.tools.concepts import read_concepts_file
 
 __all__ = ["resolve_vocabulary", "list_images", "load_boxes_json", "draw_detections",
@@ -118,13 +119,7 @@ def load_boxes_json(path: str, images: Sequence[str]) -> Dict[str, np.ndarray]:
     Raises:
         ValueError: bad json, an image without an entry, or a malformed or empty box list.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--boxes-json '{path}' does not exist")
-    with open(path) as f:
-        try:
-            table = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--boxes-json '{path}' is not valid json: {e}") from None
+    table = read_json(path, "--boxes-json")
     if not isinstance(table, dict):
         raise ValueError(f"--boxes-json '{path}' must map image paths to box lists")
     out = {}

@@ -22,7 +22,6 @@ In the original, ``--max-boxes`` and ``--small-region-px`` acted only together w
 with LVIS class names (no LVIS json needed).
 """
 import argparse
-import json
 import logging
 import os
 from collections import defaultdict
@@ -30,6 +29,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from detectron2.structures import Boxes, BoxMode, Instances
+
+from regionclip.tools import read_json
 
 __all__ = ["load_predictions", "group_by_image", "select_predictions", "category_mapper",
            "create_instances", "visualize_json_results", "build_parser", "main"]
@@ -46,13 +47,7 @@ def load_predictions(path: str) -> List[dict]:
     Raises:
         FileNotFoundError / ValueError: missing file, or not a list of such records.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--input '{path}' does not exist")
-    with open(path) as f:
-        try:
-            preds = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--input '{path}' is not valid json: {e}") from None
+    preds = read_json(path, "--input")
     if not isinstance(preds, list):
         raise ValueError(f"--input '{path}' must hold a list of detections, got "
                          f"{type(preds).__name__}")
