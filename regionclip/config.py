@@ -286,9 +286,19 @@ _CLIP_KEYS: List[ConfigKey] = [
         "CONCEPT_THRES",
         None,
         "Keep a region for the region-concept losses only if the teacher's largest concept "
-        "probability (softmax at temperature 0.01) exceeds this value (all regions when none "
+        "probability (softmax at temperature TEACHER_CONCEPT_TEMP, 0.01) exceeds this value (all regions when none "
         "passes); must be set together with CONCEPT_POOL_EMB (the original fails on None).",
         "float in [0, 1) or None",
+        _PRETRAIN,
+    ),
+    _clip(
+        "TEACHER_CONCEPT_TEMP",
+        0.01,
+        "New key. Temperature of the teacher's softmax over the concept pool that makes the "
+        "pseudo labels (CONCEPT_THRES applies to its probabilities); the original hard-codes "
+        "0.01 (independent of CLSS_TEMP). Set it to 1 / logit_scale of a teacher CLIP trained "
+        "with another scale.",
+        "float > 0",
         _PRETRAIN,
     ),
     _clip(

@@ -237,6 +237,7 @@ SPEC_DEFAULTS = {
     "MODEL.CLIP.LOSS_WEIGHT_REGION_DISTILL": 1.0,
     "MODEL.CLIP.LOSS_WEIGHT_CONCEPT_CONTRASTIVE": 1.0,
     "MODEL.CLIP.LOSS_WEIGHT_IMG_TXT": 1.0,
+    "MODEL.CLIP.TEACHER_CONCEPT_TEMP": 0.01,
     "MODEL.CLIP.TOKENIZE_TRUNCATE": True,
     "MODEL.CLIP.INFERENCE_REGION_CHUNK": 256,
     "MODEL.CLIP.INFERENCE_DTYPE": "float32",
@@ -267,7 +268,7 @@ def test_defaults_match_spec():
     # Every MODEL.CLIP key is listed above: the table is the full spec.
     clip_keys = {k for k in flat if k.startswith("MODEL.CLIP.")}
     assert clip_keys == {k for k in SPEC_DEFAULTS if k.startswith("MODEL.CLIP.")}
-    assert len(clip_keys) == 32 + 9
+    assert len(clip_keys) == 32 + 10
 
 
 def test_add_config_is_idempotent_and_keeps_values():

@@ -169,7 +169,10 @@ def test_from_config_with_tiny_student_and_teacher_architectures(tmp_path):
                TEACHER_ARCH=_arch_json(tmp_path / "teacher.json", TEACHER_DIM),
                CONCEPT_POOL_EMB=str(tmp_path / "pool.pth"),
                TEACHER_CONCEPT_POOL_EMB=str(tmp_path / "teacher_pool.pth"))
+    assert build_model(cfg).teacher_temp == 0.01  # the original's hard-coded value by default
+    cfg.MODEL.CLIP.TEACHER_CONCEPT_TEMP = 0.07
     model = build_model(cfg)
+    assert model.teacher_temp == 0.07
     assert model.backbone.attnpool.c_proj.out_features == DIM
     assert model.teacher_backbone.attnpool.c_proj.out_features == TEACHER_DIM
     assert model.lang_encoder.text_embed_dim == DIM
@@ -192,8 +195,11 @@ def test_loss_names_and_switches():
     assert set(model(batch)) == {"loss_region_distill", "loss_concept_contrastive"}
 
 
-def test_losses_equal_independent_computation_and_weights_scale_them(monkeypatch):
-    model = _tiny(teacher_backbone=_tower(DIM, 1), teacher_concept_emb=torch.randn(CONCEPTS, DIM))
+@pytest.mark.parametrize("teacher_temp", [None, 0.05])
+def test_losses_equal_independent_computation_and_weights_scale_them(monkeypatch, teacher_temp):
+    extra = {} if teacher_temp is None else {"teacher_temp": teacher_temp}
+    model = _tiny(teacher_backbone=_tower(DIM, 1), teacher_concept_emb=torch.randn(CONCEPTS, DIM),
+                  **extra)
     batch = _batch(captions=(1, 1))
     _diverse_teacher_pool(model, batch)
     captured = []
@@ -224,8 +230,9 @@ def test_losses_equal_independent_computation_and_weights_scale_them(monkeypatch
         feats = model.teacher_backbone(images.tensor)
         u = model.teacher_roi_heads(images, feats, props, res5=model.teacher_backbone.layer4,
                                     attnpool=model.teacher_backbone.attnpool)
-        q = torch.softmax(F.normalize(u, dim=-1)
-                          @ F.normalize(model.teacher_concept_emb, dim=-1).t() / 0.01, dim=1)
+        # the teacher's softmax temperature: 0.01 as the original unless TEACHER_CONCEPT_TEMP
+        q = torch.softmax(F.normalize(u, dim=-1) @ F.normalize(model.teacher_concept_emb, dim=-1).t()
+                          / (teacher_temp or 0.01), dim=1)
         keep = q.max(dim=1).values > 0.1
         if not keep.any():
             keep[:] = True
@@ -471,6 +478,8 @@ def test_bad_options_fail_clearly():
         _tiny(concept_thres=None)
     with pytest.raises(ValueError, match="has no loss"):
         _tiny(img_txt_level=False, concept_emb=None)
+    with pytest.raises(ValueError, match="TEACHER_CONCEPT_TEMP must be > 0, got 0"):
+        _tiny(teacher_temp=0)
     with pytest.raises(ValueError, match="'RANDOM' needs MODEL.CLIP.PRETRAIN_SAMPLE_REGIONS"):
         _tiny(num_regions_per_img=None)
 

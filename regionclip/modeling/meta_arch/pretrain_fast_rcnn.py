@@ -155,6 +155,7 @@ class PretrainFastRCNN(OfflineRPNMixin, nn.Module):
         concept_emb: Optional[torch.Tensor] = None,
         teacher_concept_emb: Optional[torch.Tensor] = None,
         concept_thres: Optional[float] = None,
+        teacher_temp: float = TEACHER_TEMPERATURE,
         matching_temp: float = 0.01,
         num_regions_per_img: Optional[int] = None,
         img_txt_level: bool = True,
@@ -177,6 +178,8 @@ class PretrainFastRCNN(OfflineRPNMixin, nn.Module):
             concept_emb (Tensor): (K, D) student concept pool; None disables both region losses.
             teacher_concept_emb (Tensor): (K, D_t) teacher concept pool (default: ``concept_emb``).
             concept_thres (float): teacher confidence threshold of the pseudo labels.
+            teacher_temp (float): temperature of the teacher's softmax over the concept pool
+                (``TEACHER_CONCEPT_TEMP``; the original hard-codes 0.01).
             matching_temp (float): temperature of the three losses (``CLSS_TEMP``).
             num_regions_per_img (int or None): regions sampled per image in training (None: all;
                 required in RANDOM mode, where it is the number of random boxes).
@@ -230,6 +233,9 @@ class PretrainFastRCNN(OfflineRPNMixin, nn.Module):
 
         self.teacher_backbone = self.teacher_roi_heads = None
         self.concept_thres = concept_thres
+        if not teacher_temp > 0:
+            raise ValueError(f"MODEL.CLIP.TEACHER_CONCEPT_TEMP must be > 0, got {teacher_temp}")
+        self.teacher_temp = teacher_temp
         if has_concepts:
             if teacher_backbone is None or teacher_roi_heads is None:
                 raise ValueError("a concept pool needs the teacher backbone and ROI heads")
@@ -299,6 +305,7 @@ class PretrainFastRCNN(OfflineRPNMixin, nn.Module):
             input_format=cfg.INPUT.FORMAT,
             crop_region_type=clip.CROP_REGION_TYPE,
             concept_thres=clip.CONCEPT_THRES,
+            teacher_temp=clip.TEACHER_CONCEPT_TEMP,
             matching_temp=clip.CLSS_TEMP,
             num_regions_per_img=clip.PRETRAIN_SAMPLE_REGIONS,
             img_txt_level=clip.PRETRAIN_IMG_TXT_LEVEL,
@@ -418,7 +425,7 @@ class PretrainFastRCNN(OfflineRPNMixin, nn.Module):
                                                  res5=self.teacher_backbone.layer4,
                                                  attnpool=self.teacher_backbone.attnpool)
             keep, labels, q = teacher_pseudo_labels(teacher_emb, self.teacher_concept_emb,
-                                                    self.concept_thres, TEACHER_TEMPERATURE)
+                                                    self.concept_thres, self.teacher_temp)
         kept = region_emb[keep]
         return {
             "loss_region_distill": region_concept_distill_loss(
