@@ -17,7 +17,7 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
-from .clip.prompts import ensemble_text_embeddings
+from .clip.prompts import check_templates, ensemble_text_embeddings
 from .config import load_config
 from .engine.trainer import load_model_weights
 from .modeling.roi_heads import region_embeddings
@@ -98,13 +98,17 @@ class RegionCLIP:
 
     # ------------------------------------------------------------------ text
     @torch.no_grad()
-    def encode_text(self, texts: Sequence[str], prompt_ensemble: bool = True) -> torch.Tensor:
-        """Un-normalised text embeddings (N, D), cached per vocabulary.
+    def encode_text(self, texts: Sequence[str], prompt_ensemble: bool = True,
+                    templates: Optional[Sequence[str]] = None) -> torch.Tensor:
+        """Un-normalised text embeddings (N, D), cached per vocabulary and templates.
 
         Args:
             texts (sequence[str]): class names or phrases.
-            prompt_ensemble (bool): mean over the original's 81 prompt templates; False encodes
-                each text as given.
+            prompt_ensemble (bool): mean over the prompt templates; False encodes each text as
+                given.
+            templates (sequence[str] or None): prompt templates, each with ``{}`` where the name
+                goes (e.g. ``["a photo of a {}.", "a blurry photo of a {}."]``); None: the
+                original's 81.
         """
         if isinstance(texts, str):
             texts = [texts]
@@ -114,11 +118,14 @@ class RegionCLIP:
         if not self.text_encoder_loaded:
             raise RuntimeError(f"MODEL.WEIGHTS '{self.cfg.MODEL.WEIGHTS}' has no text-encoder "
                                "weights (lang_encoder.* or OpenAI text keys)")
-        key = (tuple(texts), prompt_ensemble)
+        if templates is not None:
+            templates = check_templates(templates)
+        key = (tuple(texts), prompt_ensemble, templates if prompt_ensemble else None)
         if key not in self._text_cache:
             self._text_cache[key] = ensemble_text_embeddings(
                 self.model.lang_encoder.encode_text, texts, prompt_ensemble=prompt_ensemble,
-                device=self.device, truncate=self.cfg.MODEL.CLIP.TOKENIZE_TRUNCATE)
+                device=self.device, truncate=self.cfg.MODEL.CLIP.TOKENIZE_TRUNCATE,
+                templates=templates)
         return self._text_cache[key]
 
     # ------------------------------------------------------------------ images
@@ -159,7 +166,8 @@ class RegionCLIP:
 
     @torch.no_grad()
     def detect(self, image: ImageLike, vocabulary: Sequence[str], boxes=None,
-               score_threshold: Optional[float] = None, prompt_ensemble: bool = True) -> List[dict]:
+               score_threshold: Optional[float] = None, prompt_ensemble: bool = True,
+               templates: Optional[Sequence[str]] = None) -> List[dict]:
         """Detect ``vocabulary`` in ``image``.
 
         Args:
@@ -172,14 +180,14 @@ class RegionCLIP:
                 ``VIS`` (the custom-image config) the threshold applies to
                 sqrt(probability * RPN logit) while the returned score is the class probability,
                 as in the original, so returned scores can be below it.
-            prompt_ensemble (bool): see :meth:`encode_text`.
+            prompt_ensemble (bool), templates: see :meth:`encode_text`.
 
         Returns:
             list[dict]: ``{"box": [x0, y0, x1, y1], "label": str, "score": float}`` in image
             pixels, best first.
         """
         vocabulary = list(vocabulary) if not isinstance(vocabulary, str) else [vocabulary]
-        emb = self.encode_text(vocabulary, prompt_ensemble)
+        emb = self.encode_text(vocabulary, prompt_ensemble, templates)
         model = self.model
         predictor = model.roi_heads.box_predictor
         inputs = self._prepare(image, boxes)

@@ -55,6 +55,23 @@ def test_encode_text_is_the_81_template_mean(tiny):
     assert rc.encode_text(names) is emb  # cached per vocabulary
 
 
+def test_encode_text_with_user_templates(tiny):
+    rc, clip = tiny
+    names = ["red triangle", "cat"]
+    templates = ["a drawing of a {}.", "{} in the wild", "there is a {} here."]
+    emb = rc.encode_text(names, templates=templates)
+    with torch.no_grad():
+        for i, name in enumerate(names):
+            ref = clip.encode_text(tokenize([t.format(name) for t in templates])).mean(0)
+            torch.testing.assert_close(emb[i], ref, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(emb, rc.encode_text(names))  # cached apart from the 81-template mean
+    assert rc.encode_text(names, templates=tuple(templates)) is emb
+    with pytest.raises(ValueError, match=r"template 1 \('a cat'\) must be a string containing"):
+        rc.encode_text(names, templates=["a {}", "a cat"])
+    with pytest.raises(ValueError, match="templates is empty"):
+        rc.encode_text(names, templates=[])
+
+
 def test_detect_given_boxes_labels_every_box_from_the_vocabulary(tiny, tmp_path):
     rc, _ = tiny
     from PIL import Image

@@ -142,13 +142,36 @@ def test_cli_end_to_end(world, tmp_path):
     assert {d["label"] for dets in results.values() for d in dets} <= {"cat", "dog", "bird"}
 
 
-@pytest.mark.parametrize("case", ["empty_vocab", "missing_image", "undecodable", "unknown_vocab"])
+def test_cli_templates_file_changes_the_text_embeddings(world, tmp_path):
+    templates = tmp_path / "templates.txt"
+    templates.write_text("a sketch of a {}.\n\n{} seen from above\n")
+    boxes = tmp_path / "boxes.json"
+    image = world["images"][0]
+    boxes.write_text(json.dumps({os.path.basename(image): BOXES}))
+    args = ["--input", image, "--vocabulary"] + VOCAB + [
+        "--weights", world["weights"], "--score-threshold", "0", "--boxes-json", str(boxes),
+        "--device", "cpu"]
+    custom = demo.main(args + ["--templates", str(templates), "--output", str(tmp_path / "t"),
+                               "--opts"] + world["opts"])[image]
+    default = demo.main(args + ["--output", str(tmp_path / "d"), "--opts"] + world["opts"])[image]
+    # the same as the API with those two templates, and not the 81-template result
+    expected = world["detector"].detect(image, VOCAB, boxes=BOXES, score_threshold=0.0,
+                                        templates=["a sketch of a {}.", "{} seen from above"])
+    assert [(d["label"], d["box"]) for d in custom] == [(d["label"], d["box"]) for d in expected]
+    assert [d["score"] for d in custom] == pytest.approx([d["score"] for d in expected], rel=1e-5)
+    assert [d["score"] for d in custom] != pytest.approx([d["score"] for d in default], rel=1e-3)
+
+
+@pytest.mark.parametrize("case", ["empty_vocab", "missing_image", "undecodable", "unknown_vocab",
+                                  "bad_templates", "empty_templates"])
 def test_cli_errors_before_building_the_model(world, tmp_path, case, monkeypatch):
     def fail(*a, **k):
         raise AssertionError("the model must not be built")
     monkeypatch.setattr(RegionCLIP, "from_config", fail)
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "bad.png").write_bytes(b"garbage")
+    (tmp_path / "bad_templates.txt").write_text("a photo of a {}.\na photo\n")
+    (tmp_path / "empty_templates.txt").write_text("\n")
     vocab = {"empty_vocab": [str(tmp_path / "empty.txt")], "unknown_vocab": ["coco_99"]}.get(
         case, ["cat"])
     image = {"missing_image": str(tmp_path / "missing.jpg"),
@@ -156,8 +179,11 @@ def test_cli_errors_before_building_the_model(world, tmp_path, case, monkeypatch
     expected = {"empty_vocab": (ValueError, "no concepts"),
                 "missing_image": (FileNotFoundError, "missing.jpg' does not exist"),
                 "undecodable": (ValueError, "could not decode image '.*bad.png'"),
-                "unknown_vocab": (KeyError, "unknown named vocabulary 'coco_99'")}[case]
+                "unknown_vocab": (KeyError, "unknown named vocabulary 'coco_99'"),
+                "bad_templates": (ValueError, r"bad_templates.txt': prompt template 1 \('a photo'\)"),
+                "empty_templates": (ValueError, "empty_templates.txt' holds no template")}[case]
+    templates = ["--templates", str(tmp_path / f"{case}.txt")] if "templates" in case else []
     with pytest.raises(expected[0], match=expected[1]):
-        demo.main(["--input", image, "--vocabulary"] + vocab
+        demo.main(["--input", image, "--vocabulary"] + vocab + templates
                   + ["--output", str(tmp_path / "o"), "--weights", world["weights"], "--opts"]
                   + world["opts"])

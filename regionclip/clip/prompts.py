@@ -6,13 +6,14 @@ unchanged at ``4b8513b``; MIT licence), in the same order: ``'{}.'`` followed by
 ImageNet-style CLIP templates. The order matters for bit-exact embeddings (float summation order).
 """
 import logging
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
 from .tokenizer import CONTEXT_LENGTH, get_tokenizer
 
-__all__ = ["PROMPT_TEMPLATES", "prompt_engineering", "build_prompts", "ensemble_text_embeddings"]
+__all__ = ["PROMPT_TEMPLATES", "prompt_engineering", "build_prompts", "check_templates",
+           "ensemble_text_embeddings"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,16 +115,36 @@ def prompt_engineering(name: str, template: str = "{}") -> str:
     return template.replace("{}", name.replace(",", "").replace("+", " "))
 
 
-def build_prompts(name: str) -> List[str]:
-    """The 81 prompts of one concept, in template order.
+def build_prompts(name: str, templates: Sequence[str] = PROMPT_TEMPLATES) -> List[str]:
+    """The prompts of one concept (the original's 81 by default), in template order.
 
     Args:
         name (str): concept name.
+        templates (sequence[str]): templates containing ``{}``.
 
     Returns:
         list[str]: ``prompt_engineering(name, t)`` for every template ``t``.
     """
-    return [prompt_engineering(name, template) for template in PROMPT_TEMPLATES]
+    return [prompt_engineering(name, template) for template in templates]
+
+
+def check_templates(templates: Sequence[str]) -> Tuple[str, ...]:
+    """Validate user prompt templates: a non-empty sequence of strings that each contain ``{}``.
+
+    Raises:
+        ValueError: naming the offending template.
+    """
+    if isinstance(templates, str):
+        raise ValueError(f"prompt templates must be a sequence of strings, got one string "
+                         f"{templates!r}")
+    templates = tuple(templates)
+    if not templates:
+        raise ValueError("the list of prompt templates is empty")
+    for i, template in enumerate(templates):
+        if not isinstance(template, str) or "{}" not in template:
+            raise ValueError(f"prompt template {i} ({template!r}) must be a string containing "
+                             "'{}' where the class name goes")
+    return templates
 
 
 def _module_device(text_encoder) -> torch.device:
@@ -139,7 +160,8 @@ def ensemble_text_embeddings(text_encoder: Callable[[torch.Tensor], torch.Tensor
                              progress: bool = False, prompt_ensemble: bool = True,
                              context_length: int = CONTEXT_LENGTH,
                              device: Optional[torch.device] = None,
-                             truncate: bool = True) -> torch.Tensor:
+                             truncate: bool = True,
+                             templates: Optional[Sequence[str]] = None) -> torch.Tensor:
     """Concept embeddings with the original RegionCLIP recipe.
 
     With ``prompt_ensemble`` each name becomes 81 prompts; every prompt is tokenized (truncated to
@@ -161,6 +183,8 @@ def ensemble_text_embeddings(text_encoder: Callable[[torch.Tensor], torch.Tensor
             ``text_encoder`` is a method of (or the module itself), else CPU.
         truncate (bool): cut over-long prompts to ``context_length`` like the original (True), or
             raise a ValueError naming the prompt (False).
+        templates (sequence[str]): prompt templates with ``{}`` for the name, used instead of
+            the original's 81 when ``prompt_ensemble`` (default: the 81).
 
     Returns:
         Tensor: (len(names), D) float embeddings, not normalised, on the encoder's output device.
@@ -174,7 +198,8 @@ def ensemble_text_embeddings(text_encoder: Callable[[torch.Tensor], torch.Tensor
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     tokenizer = tokenizer or get_tokenizer()
     device = device if device is not None else _module_device(text_encoder)
-    per_name = len(PROMPT_TEMPLATES) if prompt_ensemble else 1
+    templates = PROMPT_TEMPLATES if templates is None else check_templates(templates)
+    per_name = len(templates) if prompt_ensemble else 1
     names_per_batch = max(1, batch_size // per_name)
     steps = range(0, len(names), names_per_batch)
     if progress:
@@ -186,7 +211,8 @@ def ensemble_text_embeddings(text_encoder: Callable[[torch.Tensor], torch.Tensor
     with torch.no_grad():
         for start in steps:
             chunk = names[start:start + names_per_batch]
-            texts = [p for n in chunk for p in build_prompts(n)] if prompt_ensemble else chunk
+            texts = [p for n in chunk for p in build_prompts(n, templates)] if prompt_ensemble \
+                else chunk
             embeddings = text_encoder(tokenizer.tokenize(texts, context_length, truncate=truncate).to(device))
             if embeddings.dim() != 2 or embeddings.shape[0] != len(texts):
                 raise ValueError(f"text_encoder returned shape {tuple(embeddings.shape)} for "

@@ -2,14 +2,15 @@
 
     python tools/demo.py --input IMAGE_OR_FOLDER [...] --vocabulary cat dog "remote control"
         --weights pretrained_ckpt/regionclip/regionclip_pretrained-cc_rn50.pth --output OUT
-        [--config-file CFG] [--score-threshold S] [--boxes-json BOXES.json] [--device cpu]
-        [--opts KEY VALUE ...]
+        [--config-file CFG] [--score-threshold S] [--boxes-json BOXES.json] [--templates T.txt]
+        [--device cpu] [--opts KEY VALUE ...]
 
 ``--vocabulary`` takes class names, ``.txt`` files (one name per line) and named vocabularies
 (``coco`` = ``coco_80``, ``coco_65``, ``coco_48``, ``coco_17``, ``lvis`` = ``lvis_1203``,
 ``lvis_866``), concatenated in order. Text embeddings are computed on the fly with the
-checkpoint's text encoder (81-prompt ensemble). Regions come from the config (the offline RPN
-of the default custom-image config) or, with ``--boxes-json``, from a json
+checkpoint's text encoder (the original's 81-prompt ensemble, or the templates of a
+``--templates`` file: one per line, ``{}`` where the name goes). Regions come from the config
+(the offline RPN of the default custom-image config) or, with ``--boxes-json``, from a json
 ``{image: [[x0, y0, x1, y1], ...]}`` whose keys are the image paths as given or their file names.
 
 Writes ``OUT/<image file name>`` (boxes and labels drawn with detectron2's Visualizer) and
@@ -33,8 +34,8 @@ from regionclip.data.vocabularies import VOCABULARY_NAMES, get_vocabulary
 from regionclip.tools import read_json
 from regionclip.tools.concepts import read_concepts_file
 
-__all__ = ["resolve_vocabulary", "list_images", "load_boxes_json", "draw_detections",
-           "run_demo", "build_parser", "main"]
+__all__ = ["resolve_vocabulary", "list_images", "load_boxes_json", "read_templates_file",
+           "draw_detections", "run_demo", "build_parser", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,26 @@ def list_images(inputs: Sequence[str]) -> List[str]:
     return files
 
 
+def read_templates_file(path: str) -> List[str]:
+    """Prompt templates from a text file, one per line (blank lines skipped), each with ``{}``.
+
+    Raises:
+        FileNotFoundError / ValueError: missing file, no template, or a line without ``{}``.
+    """
+    from regionclip.clip.prompts import check_templates
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--templates '{path}' does not exist")
+    with open(path, encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    if not lines:
+        raise ValueError(f"--templates '{path}' holds no template")
+    try:
+        return list(check_templates(lines))
+    except ValueError as e:
+        raise ValueError(f"--templates '{path}': {e}") from None
+
+
 def load_boxes_json(path: str, images: Sequence[str]) -> Dict[str, np.ndarray]:
     """Given regions per image from ``{image: [[x0, y0, x1, y1], ...]}`` (keys: path or file name).
 
@@ -166,7 +187,8 @@ def _picture_names(images: Sequence[str]) -> List[str]:
 
 def run_demo(detector, images: Sequence[str], vocabulary: Sequence[str], output_dir: str,
              score_threshold: Optional[float] = None,
-             boxes: Optional[Dict[str, np.ndarray]] = None, progress: bool = True) -> dict:
+             boxes: Optional[Dict[str, np.ndarray]] = None, progress: bool = True,
+             templates: Optional[Sequence[str]] = None) -> dict:
     """Detect ``vocabulary`` in ``images`` and write the pictures and ``detections.json``.
 
     Args:
@@ -177,6 +199,7 @@ def run_demo(detector, images: Sequence[str], vocabulary: Sequence[str], output_
         score_threshold (float or None): None keeps the config's.
         boxes (dict or None): given regions per image (from :func:`load_boxes_json`).
         progress (bool): tqdm progress bar.
+        templates (sequence[str] or None): prompt templates with ``{}`` (None: the original's 81).
 
     Returns:
         dict: ``{image: [{"box", "label", "score"}, ...]}`` as written to the json.
@@ -193,7 +216,7 @@ def run_demo(detector, images: Sequence[str], vocabulary: Sequence[str], output_
                             unit="img"):
         rgb = read_rgb_image(image)
         dets = detector.detect(rgb, vocabulary, boxes=None if boxes is None else boxes[image],
-                               score_threshold=score_threshold)
+                               score_threshold=score_threshold, templates=templates)
         picture = draw_detections(rgb, dets, vocabulary)
         path = os.path.join(output_dir, name)
         if not cv2.imwrite(path, np.ascontiguousarray(picture[:, :, ::-1])):
@@ -251,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "while the reported score is the class probability (MODEL.CLIP.VIS)")
     parser.add_argument("--boxes-json", default=None,
                         help="json {image: [[x0, y0, x1, y1], ...]} of regions to classify")
+    parser.add_argument("--templates", default=None,
+                        help="text file of prompt templates, one per line, each with {} where "
+                        "the class name goes (default: the original's 81)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides KEY VALUE ... (last option)")
@@ -269,11 +295,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     vocabulary = resolve_vocabulary(args.vocabulary)
     images = list_images(args.input)
     boxes = load_boxes_json(args.boxes_json, images) if args.boxes_json else None
+    templates = read_templates_file(args.templates) if args.templates else None
     config_file = _resolve_path(args.config_file)
     opts = _model_opts(config_file, args.weights, args.opts)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     detector = RegionCLIP.from_config(config_file, weights=args.weights, opts=opts, device=device)
-    results = run_demo(detector, images, vocabulary, args.output, args.score_threshold, boxes)
+    results = run_demo(detector, images, vocabulary, args.output, args.score_threshold, boxes,
+                       templates=templates)
     print(f"{sum(len(v) for v in results.values())} detections on {len(results)} images; "
           f"pictures and {JSON_NAME} in {args.output}")
     return results
