@@ -214,6 +214,7 @@ def test_attention_pool_equals_full_attention():
         ours, naive = pool(x), _naive_attention_pool(pool, x)
     assert ours.shape == (5, 20)
     assert torch.allclose(ours, naive, rtol=1e-5, atol=1e-6)
+    assert pool(torch.randn(0, 32, 3, 3)).shape == (0, 20)  # an image without any region
     with pytest.raises(ValueError, match=r"3x3.*got 4x3"):
         pool(torch.randn(1, 32, 4, 3))
 

@@ -121,6 +121,18 @@ def test_rpn_regions(world, tmp_path):
     assert (boxes >= 0).all() and (boxes[:, [0, 2]] <= 128).all() and (boxes[:, [1, 3]] <= 96).all()
 
 
+def test_an_rpn_without_proposals_gives_no_detection(world, monkeypatch):
+    detector, image = world["detector"], world["images"][0]
+    from detectron2.structures import Boxes, Instances
+
+    def nothing(images, input_format):
+        return [Instances(tuple(x.shape[-2:]), proposal_boxes=Boxes(torch.zeros(0, 4)),
+                          objectness_logits=torch.zeros(0)) for x in images]
+
+    monkeypatch.setattr(detector.model, "offline_proposals", nothing)
+    assert detector.detect(image, VOCAB, score_threshold=0.0) == []
+
+
 def test_score_threshold_on_given_boxes(world, tmp_path):
     detector, image = world["detector"], world["images"][:1]
     boxes = {image[0]: np.asarray(BOXES, dtype=np.float32)}

@@ -123,8 +123,8 @@ class AttentionPool2d(nn.Module):
         tokens = tokens + self.positional_embedding.to(tokens.dtype)
         heads, head_dim = self.num_heads, c // self.num_heads
         query = self.q_proj(tokens[:, :1]).view(n, 1, heads, head_dim).transpose(1, 2)
-        key = self.k_proj(tokens).view(n, -1, heads, head_dim).transpose(1, 2)
-        value = self.v_proj(tokens).view(n, -1, heads, head_dim).transpose(1, 2)
+        key = self.k_proj(tokens).view(n, h * w + 1, heads, head_dim).transpose(1, 2)
+        value = self.v_proj(tokens).view(n, h * w + 1, heads, head_dim).transpose(1, 2)
         pooled = F.scaled_dot_product_attention(query, key, value)  # (N, heads, 1, head_dim)
         return self.c_proj(pooled.reshape(n, c))
 
