@@ -5,6 +5,7 @@ Synthetic shapes named after four COCO classes (two base, two novel) are written
 ``ovd_ins_*`` jsons by ``datasets/prepare_ovd_coco.py`` — so the registered names
 ``coco_2017_ovd_*`` load them from ``<root>/datasets/coco`` exactly as they would load real COCO.
 """
+import importlib.util
 import json
 import os
 import shutil
@@ -58,3 +59,11 @@ def write_embeddings(path, num, dim=1024, seed=0):
     g = torch.Generator().manual_seed(seed)
     torch.save(torch.randn(num, dim, generator=g), path)
     return path
+
+
+def load_train_net():
+    """``tools/train_net.py`` as a module (its ``main(args)`` runs in this process)."""
+    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "tools/train_net.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,12 +1,13 @@
-"""all_gather_with_grad in one process and in two processes started by detectron2's launch()."""
+"""all_gather_with_grad in one process and in two processes started by launch(); launch() leaves
+the process group before its workers exit."""
 import os
 import pickle
 
 import pytest
 import torch
-from detectron2.engine import launch
 from detectron2.utils import comm
 
+from detectron2_ext.engine import launch
 from detectron2_ext.utils import all_gather_with_grad, free_port
 
 
@@ -55,3 +56,21 @@ def test_two_processes_gather_values_and_gradients(tmp_path):
     # truncated: rank 0's third row is dropped and receives no gradient
     torch.testing.assert_close(res[0][True][1], torch.cat([2 * w[:2], torch.zeros(1, 4)]))
     torch.testing.assert_close(res[1][True][1], 2 * w[2:4])
+
+
+def test_launch_workers_leave_the_process_group(tmp_path):
+    """The wrapper every worker of our launch() runs: result returned, then the group destroyed."""
+    import torch.distributed as dist
+
+    from detectron2_ext.engine.launch import _LeaveProcessGroup
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", world_size=1,
+                            rank=0)
+    try:
+        seen = []
+        result = _LeaveProcessGroup(lambda a, b: seen.append(dist.is_initialized()) or a + b)(2, 3)
+        assert result == 5 and seen == [True]
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,5 +1,4 @@
 """CLIPFastRCNN end to end on a COCO-OVD-shaped synthetic tree: train, evaluate, CLI, 2 processes."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -7,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from ovd_world import BASE, REPO, make_ovd_coco_tree, write_embeddings
+from ovd_world import BASE, REPO, load_train_net, make_ovd_coco_tree, write_embeddings
 from tiny_clip import TINY_OPTS, write_tiny_clip
 
 CFG = os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd.yaml")
@@ -15,13 +14,6 @@ SMALL = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE
          "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "160", "SOLVER.IMS_PER_BATCH", "2",
          "SOLVER.BASE_LR", "0.0001", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0",
          "TEST.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", "1000", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16"]
-
-
-def _train_net():
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "tools/train_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +28,7 @@ def world(tmp_path_factory):
 
 
 def _args(extra, eval_only=False, resume=False, num_gpus=1):
-    train_net = _train_net()
+    train_net = load_train_net()
     argv = ["--config-file", CFG] + (["--eval-only"] if eval_only else []) + \
            (["--resume"] if resume else []) + ["--num-gpus", str(num_gpus), "--dist-url",
                                                f"tcp://127.0.0.1:{_port()}"] + extra
@@ -109,9 +101,11 @@ def test_two_cpu_processes_train_through_the_cli(world, tmp_path):
     cmd = [sys.executable, os.path.join(REPO, "tools/train_net.py"), "--config-file", CFG,
            "--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{_port()}"] + \
         _gt_opts(root, emb, tmp_path) + ["SOLVER.MAX_ITER", "2"]
-    env = dict(os.environ, PYTHONPATH=REPO)
+    # faulthandler: should a worker die of a signal, its Python stacks are in stderr
+    env = dict(os.environ, PYTHONPATH=REPO, PYTHONFAULTHANDLER="1")
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    errors = "\n".join(line for line in proc.stderr.splitlines() if "warn" not in line.lower())
+    assert proc.returncode == 0, errors[-8000:]
     assert (tmp_path / "model_final.pth").is_file()
     log = (tmp_path / "log.txt").read_text()
     assert "World size: 2" in log

@@ -7,9 +7,9 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from detectron2.engine import launch
 from detectron2.utils import comm
 
+from detectron2_ext.engine import launch
 from detectron2_ext.utils.comm import free_port
 from regionclip.modeling.losses import (
     image_text_contrastive_loss,

@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.config import get_cfg
-from detectron2.engine import launch
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
+from detectron2_ext.engine import launch
 from detectron2_ext.utils.comm import free_port
 
 import regionclip  # noqa: F401  (registers everything)

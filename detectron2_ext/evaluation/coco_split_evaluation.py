@@ -9,11 +9,14 @@ import logging
 from collections import OrderedDict
 
 import numpy as np
+import torch
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
+from detectron2.structures import Boxes, BoxMode, pairwise_iou
 from detectron2.utils.logger import create_small_table
 
-__all__ = ["COCOSplitEvaluator", "split_ap_from_coco_eval", "splits_from_metadata"]
+__all__ = ["COCOSplitEvaluator", "split_ap_from_coco_eval", "split_proposal_recall",
+           "splits_from_metadata"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +72,44 @@ def split_ap_from_coco_eval(coco_eval, class_names, splits, iou=None):
     return out
 
 
+def split_proposal_recall(predictions, coco_api, category_ids, limit, ious=(0.5,)):
+    """Recall of class-agnostic proposals on the ground-truth boxes of some categories.
+
+    A box (non-crowd, of a category in ``category_ids``) is recalled at IoU ``t`` when one of the
+    image's first ``limit`` proposals overlaps it with IoU >= t (no one-to-one matching, unlike
+    COCO's AR; the question asked is whether the recognition stage is given a region at all).
+
+    Args:
+        predictions (list[dict]): ``image_id`` and ``proposals`` (Instances with proposal_boxes,
+            sorted by objectness as the RPN outputs them).
+        coco_api (COCO): ground truth.
+        category_ids (iterable[int]): json category ids to count.
+        limit (int): proposals per image.
+        ious (sequence[float]): IoU thresholds.
+
+    Returns:
+        tuple: (recall per threshold as a float array in [0, 1], NaN when there is no such box;
+        number of boxes).
+    """
+    category_ids = set(category_ids)
+    hits, total = np.zeros(len(ious)), 0
+    for prediction in predictions:
+        anns = coco_api.loadAnns(coco_api.getAnnIds(imgIds=prediction["image_id"]))
+        gt = [a["bbox"] for a in anns if not a.get("iscrowd", 0) and a["category_id"] in category_ids]
+        if not gt:
+            continue
+        total += len(gt)
+        boxes = prediction["proposals"].proposal_boxes[:limit]
+        if len(boxes) == 0:
+            continue
+        gt = Boxes(BoxMode.convert(torch.as_tensor(gt, dtype=torch.float32).view(-1, 4),
+                                   BoxMode.XYWH_ABS, BoxMode.XYXY_ABS))
+        best = pairwise_iou(gt, boxes.to("cpu")).max(dim=1).values
+        hits += np.array([(best >= t).sum().item() for t in ious])
+    recall = hits / total if total else np.full(len(ious), np.nan)
+    return recall, total
+
+
 class COCOSplitEvaluator(COCOEvaluator):
     """:class:`COCOEvaluator` that also reports ``AP50_<split>`` and ``AP_<split>`` for bbox/segm.
 
@@ -86,6 +127,27 @@ class COCOSplitEvaluator(COCOEvaluator):
         super().__init__(dataset_name, *args, **kwargs)
         self._splits = splits if splits is not None else splits_from_metadata(
             MetadataCatalog.get(dataset_name))
+
+    def _eval_box_proposals(self, predictions):
+        """detectron2's proposal AR, plus the recall per class split (``R50@100_novel``: the
+        fraction of novel-class boxes covered at IoU 0.5 by one of the first 100 proposals;
+        ``AR@100_<split>``: the same averaged over IoU 0.5:0.95)."""
+        super()._eval_box_proposals(predictions)
+        if not self._do_evaluation or not self._splits or "box_proposals" not in self._results:
+            return
+        to_contiguous = self._metadata.thing_dataset_id_to_contiguous_id
+        classes = self._metadata.thing_classes
+        by_name = {classes[c]: d for d, c in to_contiguous.items()}
+        ious = np.linspace(0.5, 0.95, 10)
+        res = OrderedDict()
+        for split, members in self._splits.items():
+            for limit in (100, 1000):
+                recall, count = split_proposal_recall(
+                    predictions, self._coco_api, [by_name[m] for m in members], limit, ious)
+                res[f"R50@{limit}_{split}"] = float(recall[0] * 100)
+                res[f"AR@{limit}_{split}"] = float(np.mean(recall) * 100)
+        logger.info("Proposal recall per class split:\n" + create_small_table(res))
+        self._results["box_proposals"].update(res)
 
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
         results = super()._derive_coco_results(coco_eval, iou_type, class_names=class_names)

@@ -9,8 +9,9 @@ Two command lines are accepted:
   ``MODEL.CLIP.GET_CONCEPT_EMB`` and ``MODEL.CLIP.OFFLINE_RPN_CONFIG`` are accepted and unused.
 * a direct one: ``--concepts FILE_OR_WORDS... --weights CKPT --output FILE [--depth 50|101|200]
   [--no-prompt-ensemble] [--batch-size N]``, where a concept argument is a ``.txt`` file (one
-  concept per line), a named vocabulary (``coco_65``, ``lvis_1203``, ...; expanded in class order)
-  or a concept itself.
+  concept per line), a named vocabulary (``coco_65``, ``lvis_1203``, ...; expanded in class order),
+  ``dataset:NAME`` (the classes of a registered dataset in its class order, e.g. one registered
+  with ``--register-coco NAME JSON IMAGE_ROOT [SPLIT]``) or a concept itself.
 
 The weights can be an OpenAI CLIP file (TorchScript archive or state dict), a converted checkpoint
 or a RegionCLIP checkpoint (``lang_encoder.*``); the text tower's architecture is read from them.
@@ -37,14 +38,16 @@ from regionclip.clip import (
     text_config_for_depth,
     tokenize,
 )
+from regionclip.data.datasets.custom_ovd import add_register_arguments, register_from_args
 from regionclip.data.vocabularies import VOCABULARY_NAMES, get_vocabulary
 
-__all__ = ["read_concepts_file", "expand_concepts", "load_text_encoder",
+__all__ = ["read_concepts_file", "dataset_classes", "expand_concepts", "load_text_encoder",
            "compute_concept_embeddings", "save_concept_embeddings", "build_parser", "main"]
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_NAME = "concept_embeds.pth"
+DATASET_PREFIX = "dataset:"
 _SHAPE_FIELDS = ("width", "layers", "embed_dim", "context_length", "vocab_size")
 
 
@@ -74,18 +77,38 @@ def read_concepts_file(path: str) -> List[str]:
     return concepts
 
 
+def dataset_classes(name: str) -> List[str]:
+    """``thing_classes`` of a registered dataset (the order of its text-embedding file)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    if name not in DatasetCatalog.list():
+        raise KeyError(f"'{DATASET_PREFIX}{name}': no registered dataset '{name}' (register your "
+                       "own with --register-coco NAME JSON IMAGE_ROOT [SPLIT])")
+    classes = MetadataCatalog.get(name).get("thing_classes", None)
+    if classes is None:  # metadata set when the json is read (e.g. detectron2's builtins)
+        DatasetCatalog.get(name)
+        classes = MetadataCatalog.get(name).get("thing_classes", None)
+    if not classes:
+        raise ValueError(f"dataset '{name}' has no thing_classes")
+    return list(classes)
+
+
 def expand_concepts(items: Sequence[str]) -> List[str]:
-    """Expand concept arguments: vocabulary names, ``.txt``/existing files, or concepts.
+    """Expand concept arguments: vocabulary names, ``dataset:NAME`` (a registered dataset's
+    classes in contiguous-id order), ``.txt``/existing files, or concepts.
 
     Args:
-        items (Sequence[str]): e.g. ``["coco_65"]``, ``["my_concepts.txt"]``, ``["cat", "dog"]``.
+        items (Sequence[str]): e.g. ``["coco_65"]``, ``["dataset:mydata_train"]``,
+            ``["my_concepts.txt"]``, ``["cat", "dog"]``.
 
     Returns:
         list[str]: concepts in argument order (vocabularies in class order).
     """
     concepts = []
     for item in items:
-        if item in VOCABULARY_NAMES:
+        if item.startswith(DATASET_PREFIX):
+            concepts += dataset_classes(item[len(DATASET_PREFIX):])
+        elif item in VOCABULARY_NAMES:
             concepts += get_vocabulary(item)
         elif os.path.isfile(item) or item.endswith(".txt"):
             concepts += read_concepts_file(item)
@@ -199,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = default_argument_parser(epilog=__doc__.split("\n\n")[1])
     direct = parser.add_argument_group("direct form (without --config-file)")
-    direct.add_argument("--concepts", nargs="+", help="concepts, .txt files or vocabulary names "
-                        f"({', '.join(VOCABULARY_NAMES)})")
+    direct.add_argument("--concepts", nargs="+", help="concepts, .txt files, vocabulary names "
+                        f"({', '.join(VOCABULARY_NAMES)}) or dataset:NAME (the classes of a "
+                        "registered dataset, in its class order)")
     direct.add_argument("--weights", help="OpenAI CLIP file, converted or RegionCLIP checkpoint")
     direct.add_argument("--output", help="output .pth file")
     direct.add_argument("--depth", type=int, choices=(50, 101, 200), default=None,
@@ -209,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-prompt-ensemble", action="store_true",
                         help="embed the bare concept instead of the 81-template mean")
     parser.add_argument("--batch-size", type=int, default=256, help="prompts per forward pass")
+    add_register_arguments(parser)
     return parser
 
 
@@ -248,6 +273,7 @@ def main(argv: Optional[Sequence[str]] = None) -> torch.Tensor:
     else:
         if any(v is None for v in direct) or args.opts:
             parser.error("without --config-file, give --concepts, --weights and --output")
+        register_from_args(args)
         concepts = expand_concepts(args.concepts)
         encoder = load_text_encoder(args.weights, args.depth, strict_depth=True)
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

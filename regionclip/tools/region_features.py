@@ -309,7 +309,7 @@ def worker(args) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None):
     """Run the tool (``argv`` without the program name; default ``sys.argv``)."""
-    from detectron2.engine import launch
+    from detectron2_ext.engine import launch
 
     args = build_parser().parse_args(argv)
     if not args.config_file:
