@@ -30,10 +30,14 @@ _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 class ToyRegionCLIP(RegionCLIP):
-    """:class:`RegionCLIP` whose class names are embedded with the toy world's prompts."""
+    """:class:`RegionCLIP` whose class names are embedded with the toy world's prompts (unless
+    ``templates`` are given)."""
 
     @torch.no_grad()
-    def encode_text(self, texts: Sequence[str], prompt_ensemble: bool = True) -> torch.Tensor:
+    def encode_text(self, texts: Sequence[str], prompt_ensemble: bool = True,
+                    templates: Optional[Sequence[str]] = None) -> torch.Tensor:
+        if templates is not None:
+            return super().encode_text(texts, prompt_ensemble, templates)
         if isinstance(texts, str):
             texts = [texts]
         texts = [str(t).strip() for t in texts]
