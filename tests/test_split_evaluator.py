@@ -107,3 +107,32 @@ def test_no_split_metadata_reports_only_standard_metrics(tmp_path):
     _register("_test_split_eval_plain", json_path, base=[], novel=[])
     ev = COCOSplitEvaluator("_test_split_eval_plain", tasks=("bbox",), distributed=False)
     assert ev._splits == {}
+
+
+def test_split_proposal_recall_known_answers(tmp_path):
+    from detectron2_ext.evaluation import split_proposal_recall
+
+    # image 1: a cat box 10x10 at the origin, a crowd dog box, a car box far away
+    anns = [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [0, 0, 10, 10], "area": 100,
+             "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 5, "bbox": [0, 0, 10, 10], "area": 100,
+             "iscrowd": 1},
+            {"id": 3, "image_id": 1, "category_id": 9, "bbox": [50, 50, 20, 20], "area": 400,
+             "iscrowd": 0}]
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps({"images": [{"id": 1, "width": 100, "height": 100}],
+                                "annotations": anns, "categories": CATS}))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(path))
+    # proposal 0 covers the cat with IoU exactly 0.5 (half of it); proposal 1 is the car box
+    props = Instances((100, 100), proposal_boxes=Boxes(torch.tensor(
+        [[0.0, 0.0, 10.0, 5.0], [50.0, 50.0, 70.0, 70.0]])))
+    preds = [{"image_id": 1, "proposals": props}]
+    recall, n = split_proposal_recall(preds, coco, [3], limit=100, ious=(0.5, 0.55))
+    assert n == 1 and recall.tolist() == [1.0, 0.0]
+    recall, n = split_proposal_recall(preds, coco, [5, 9], limit=100, ious=(0.5, 0.95))
+    assert n == 1 and recall.tolist() == [1.0, 1.0]  # the crowd dog box is not counted
+    recall, _ = split_proposal_recall(preds, coco, [9], limit=1)  # only the first proposal
+    assert recall.tolist() == [0.0]
+    recall, n = split_proposal_recall(preds, coco, [7])  # no cup box at all
+    assert n == 0 and np.isnan(recall).all()

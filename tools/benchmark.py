@@ -2,12 +2,14 @@
 """Speed and memory of RegionCLIP on this machine, next to the FLOP roof.
 
     python tools/benchmark.py [--cases roof,zeroshot,train,pretrain] [--regions 100 300 1000]
-                              [--size 800 1216] [--json output/benchmark.json]
+                              [--chunk 0 128] [--dtype float32 bfloat16] [--size 800 1216]
+                              [--json output/benchmark.json]
 
 Every case runs in its own process (peak memory = that process's max RSS). The models use
 random weights with realistic frozen-BN statistics (speed does not depend on the values). FLOPs
 are counted with ``torch.utils.flop_counter`` on the same inputs; "roof" is this machine's measured
-fp32 matmul throughput, so ``efficiency = FLOPs / time / roof``. Results go to stdout (a markdown
+matmul throughput in the case's precision (fp32, or bf16 for ``--dtype bfloat16``), so
+``efficiency = FLOPs / time / roof``. Results go to stdout (a markdown
 table) and to ``--json``; docs/PERFORMANCE.md records a run.
 """
 import argparse
@@ -52,7 +54,10 @@ def case_roof(args):
     n = 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
     seconds = _timeit(lambda: a @ b, 5)
-    return {"case": "roof", "gflops_fp32": 2 * n ** 3 / seconds / 1e9, "threads": torch.get_num_threads()}
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    seconds_bf16 = _timeit(lambda: a16 @ b16, 5)
+    return {"case": "roof", "gflops_fp32": 2 * n ** 3 / seconds / 1e9,
+            "gflops_bf16": 2 * n ** 3 / seconds_bf16 / 1e9, "threads": torch.get_num_threads()}
 
 
 def _realistic_random_weights(model):
@@ -100,6 +105,7 @@ def case_zeroshot(args):
     h, w = args.size
     cfg, model = _build(ZS_CONFIG, ["MODEL.CLIP.CROP_REGION_TYPE", "GT", "MODEL.CLIP.TEXT_EMB_PATH", emb,
                                     "MODEL.CLIP.INFERENCE_REGION_CHUNK", str(args.chunk),
+                                    "MODEL.CLIP.INFERENCE_DTYPE", args.dtype,
                                     "INPUT.MIN_SIZE_TEST", str(h), "INPUT.MAX_SIZE_TEST", str(w)])
     model.eval()
     inst = Instances((h, w))
@@ -114,13 +120,17 @@ def case_zeroshot(args):
         k = min(64, pooled.shape[0])  # regions in the per-region head measurement
         run_all = lambda: model(inputs)  # noqa: E731
         seconds = _timeit(run_all, args.repeats)
-        backbone_s = _timeit(lambda: model.backbone(images.tensor), args.repeats)
-        head_s = _timeit(lambda: model.backbone.attnpool(model.backbone.layer4(pooled[:k])), args.repeats)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+        with autocast:
+            backbone_s = _timeit(lambda: model.backbone(images.tensor), args.repeats)
+            head_s = _timeit(lambda: model.backbone.attnpool(model.backbone.layer4(pooled[:k])),
+                             args.repeats)
         flops = _flops(run_all)
         flops_backbone = _flops(lambda: model.backbone(images.tensor))
         flops_head = _flops(lambda: model.backbone.attnpool(model.backbone.layer4(pooled[:k])))
         flops_attn = flops_head - _flops(lambda: model.backbone.layer4(pooled[:k]))
-    return {"case": f"zeroshot_{args.num_regions}", "regions": args.num_regions, "chunk": args.chunk,
+    name = f"zeroshot_{args.num_regions}" + ("_bf16" if args.dtype == "bfloat16" else "")
+    return {"case": name, "regions": args.num_regions, "chunk": args.chunk, "dtype": args.dtype,
             "seconds": seconds, "gflop": flops / 1e9, "backbone_seconds": backbone_s,
             "backbone_gflop": flops_backbone / 1e9, "head_seconds_per_region": head_s / k,
             "head_gflop_per_region": flops_head / k / 1e9,
@@ -250,6 +260,8 @@ def main():
     parser.add_argument("--size", type=int, nargs=2, default=[800, 1216], metavar=("H", "W"))
     parser.add_argument("--chunk", type=int, nargs="+", default=[0, 128],
                         help="MODEL.CLIP.INFERENCE_REGION_CHUNK values for the zero-shot cases")
+    parser.add_argument("--dtype", nargs="+", default=["float32"], choices=("float32", "bfloat16"),
+                        help="MODEL.CLIP.INFERENCE_DTYPE values for the zero-shot cases")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", default=os.path.join(REPO, "output", "benchmark.json"))
     parser.add_argument("--original", default=None, metavar="CHECKOUT",
@@ -258,30 +270,31 @@ def main():
     parser.add_argument("--num-regions", type=int, default=100, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        args.chunk = args.chunk[0]
+        args.chunk, args.dtype = args.chunk[0], args.dtype[0]
         return run_child(args)
     jobs = []
     for case in args.cases.split(","):
         if case not in CASES:
             parser.error(f"unknown case {case!r}; choose from {sorted(CASES)}")
         if case == "zeroshot":
-            jobs += [(case, n, c) for n in args.regions for c in args.chunk]
+            jobs += [(case, n, c, d) for n in args.regions for c in args.chunk for d in args.dtype]
             if args.original:
-                jobs += [("original", n, 0) for n in args.regions]
+                jobs += [("original", n, 0, "float32") for n in args.regions]
         elif case == "train":
-            jobs.append((case, args.train_regions, 0))
+            jobs.append((case, args.train_regions, 0, "float32"))
         elif case == "pretrain":
-            jobs.append((case, 100, 0))
+            jobs.append((case, 100, 0, "float32"))
         else:
-            jobs.append((case, 0, 0))
+            jobs.append((case, 0, 0, "float32"))
     results = []
     try:
         from tqdm import tqdm
         jobs_iter = tqdm(jobs, desc="benchmark", unit="case")
     except ImportError:
         jobs_iter = jobs
-    for case, n, chunk in jobs_iter:
+    for case, n, chunk, dtype in jobs_iter:
         cmd = [sys.executable, __file__, "--child", case, "--num-regions", str(n), "--chunk", str(chunk),
+               "--dtype", dtype,
                "--size", *map(str, args.size), "--repeats", str(args.repeats)]
         if args.original:
             cmd += ["--original", args.original]
@@ -290,13 +303,16 @@ def main():
         if proc.returncode or not lines:
             raise RuntimeError(f"benchmark case {case} ({n} regions) failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(lines[-1][7:]))
-    roof = next((r["gflops_fp32"] for r in results if r["case"] == "roof"), None)
+    roofs = next(({"float32": r["gflops_fp32"], "bfloat16": r["gflops_bf16"]}
+                  for r in results if r["case"] == "roof"), {})
     print("\n| case | regions | chunk | seconds | GFLOP | efficiency vs roof | peak RSS MB |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
         if r["case"] == "roof":
             print(f"| fp32 matmul roof ({r['threads']} threads) | | | | {r['gflops_fp32']:.1f} GFLOP/s | | {r['peak_rss_mb']:.0f} |")
+            print(f"| bf16 matmul roof ({r['threads']} threads) | | | | {r['gflops_bf16']:.1f} GFLOP/s | | |")
             continue
+        roof = roofs.get(r.get("dtype", "float32"))
         eff = f"{r['gflop'] / r['seconds'] / roof:.0%}" if roof else "n/a"
         print(f"| {r['case']} | {r.get('regions', '')} | {r.get('chunk', '')} | {r['seconds']:.2f} | "
               f"{r['gflop']:.0f} | {eff} | {r['peak_rss_mb']:.0f} |")

@@ -72,7 +72,7 @@ def split_ap_from_coco_eval(coco_eval, class_names, splits, iou=None):
     return out
 
 
-def split_proposal_recall(predictions, coco_api, category_ids, limit, ious=(0.5,)):
+def split_proposal_recall(predictions, coco_api, category_ids, limit=100, ious=(0.5,)):
     """Recall of class-agnostic proposals on the ground-truth boxes of some categories.
 
     A box (non-crowd, of a category in ``category_ids``) is recalled at IoU ``t`` when one of the
@@ -84,7 +84,7 @@ def split_proposal_recall(predictions, coco_api, category_ids, limit, ious=(0.5,
             sorted by objectness as the RPN outputs them).
         coco_api (COCO): ground truth.
         category_ids (iterable[int]): json category ids to count.
-        limit (int): proposals per image.
+        limit (int): proposals per image (the first ones, as the RPN ranks them).
         ious (sequence[float]): IoU thresholds.
 
     Returns:
