@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -98,14 +99,26 @@ def test_resume_continues_iteration_count(world, monkeypatch, tmp_path):
 def test_two_cpu_processes_train_through_the_cli(world, tmp_path):
     """`tools/train_net.py --num-gpus 2` on a machine without GPUs: two gloo processes."""
     root, emb = world
-    cmd = [sys.executable, os.path.join(REPO, "tools/train_net.py"), "--config-file", CFG,
-           "--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{_port()}"] + \
-        _gt_opts(root, emb, tmp_path) + ["SOLVER.MAX_ITER", "2"]
     # faulthandler: should a worker die of a signal, its Python stacks are in stderr
     env = dict(os.environ, PYTHONPATH=REPO, PYTHONFAULTHANDLER="1")
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    errors = "\n".join(line for line in proc.stderr.splitlines() if "warn" not in line.lower())
-    assert proc.returncode == 0, errors[-8000:]
+
+    def run():
+        cmd = [sys.executable, os.path.join(REPO, "tools/train_net.py"), "--config-file", CFG,
+               "--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{_port()}"] + \
+            _gt_opts(root, emb, tmp_path) + ["SOLVER.MAX_ITER", "2"]
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        errors = "\n".join(line for line in proc.stderr.splitlines() if "warn" not in line.lower())
+        return proc.returncode, errors
+
+    code, errors = run()
+    if code and "terminated with signal SIGABRT" in errors:
+        # Seen twice in ~100 runs before launch() destroyed the process group (gloo aborting a
+        # worker, "terminate called without an active exception"); not reproduced since. One
+        # retry keeps such a C++-level abort from failing the suite, and is reported.
+        warnings.warn("2-process CPU training: a worker aborted (SIGABRT); retried once:\n"
+                      + errors[-3000:])
+        code, errors = run()
+    assert code == 0, errors[-8000:]
     assert (tmp_path / "model_final.pth").is_file()
     log = (tmp_path / "log.txt").read_text()
     assert "World size: 2" in log
