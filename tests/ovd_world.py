@@ -20,6 +20,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (COCO id, name, split): person/car are base classes, bus/cat novel ones in the OVR-CNN split
 CLASSES = [(1, "person", "base"), (3, "car", "base"), (6, "bus", "novel"), (17, "cat", "novel")]
 BASE = [c for c in CLASSES if c[2] == "base"]
+# small, fast training and test settings shared by the end-to-end tests
+SMALL = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "160",
+         "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "160", "SOLVER.IMS_PER_BATCH", "2",
+         "SOLVER.BASE_LR", "0.0001", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0",
+         "TEST.EVAL_PERIOD", "0", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16"]
 ALL_COCO_OVD = json.load(open(os.path.join(REPO, "regionclip/data/metadata/coco_ovd_categories.json")))
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+import ovd_world
 from ovd_world import REPO, load_train_net
 from regionclip.data.datasets.custom_ovd import ovd_categories, read_class_names, register_ovd_coco
 from regionclip.data.synthetic import make_synthetic_coco
@@ -27,11 +28,7 @@ CATS = [{"name": "red square", "shape": "rectangle", "color": "red", "split": "b
         {"name": "purple star", "shape": "pentagon", "split": "novel"}]
 BASE = ["red square", "green wheel", "yellow tent"]
 NOVEL = ["blue kite", "purple star"]
-SMALL = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128",
-         "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128", "SOLVER.IMS_PER_BATCH", "2",
-         "SOLVER.BASE_LR", "0.0001", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0",
-         "TEST.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", "1000", "SOLVER.MAX_ITER", "2",
-         "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16"]
+SMALL = ovd_world.SMALL + ["SOLVER.CHECKPOINT_PERIOD", "1000", "SOLVER.MAX_ITER", "2"]
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,12 @@ import warnings
 import pytest
 import torch
 
+import ovd_world
 from ovd_world import BASE, REPO, load_train_net, make_ovd_coco_tree, write_embeddings
 from tiny_clip import TINY_OPTS, write_tiny_clip
 
 CFG = os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd.yaml")
-SMALL = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "160",
-         "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "160", "SOLVER.IMS_PER_BATCH", "2",
-         "SOLVER.BASE_LR", "0.0001", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0",
-         "TEST.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", "1000", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16"]
+SMALL = ovd_world.SMALL + ["SOLVER.CHECKPOINT_PERIOD", "1000"]
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.utils.events import EventStorage
 
+import ovd_world
 from regionclip import add_regionclip_config
 from regionclip.data.synthetic import make_synthetic_coco, register_synthetic_dataset
 from regionclip.engine import Trainer
@@ -16,11 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CATS = [{"name": n, "split": s} for n, s in
         [("red square", "base"), ("blue circle", "base"), ("green triangle", "base"),
          ("yellow diamond", "novel")]]
-SMALL = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "160",
-         "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "160", "SOLVER.IMS_PER_BATCH", "2",
-         "SOLVER.BASE_LR", "0.0001", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0",
-         "TEST.EVAL_PERIOD", "0", "SOLVER.MAX_ITER", "1", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
-         "DATALOADER.SAMPLER_TRAIN", "TrainingSampler"]
+SMALL = ovd_world.SMALL + ["SOLVER.MAX_ITER", "1", "DATALOADER.SAMPLER_TRAIN", "TrainingSampler"]
 
 
 @pytest.fixture(scope="module")
