@@ -264,6 +264,7 @@ def main(argv: Optional[Sequence[str]] = None) -> torch.Tensor:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    register_from_args(args)
     direct = (args.concepts, args.weights, args.output)
     if args.config_file:
         if any(v is not None for v in direct):
@@ -273,7 +274,6 @@ def main(argv: Optional[Sequence[str]] = None) -> torch.Tensor:
     else:
         if any(v is None for v in direct) or args.opts:
             parser.error("without --config-file, give --concepts, --weights and --output")
-        register_from_args(args)
         concepts = expand_concepts(args.concepts)
         encoder = load_text_encoder(args.weights, args.depth, strict_depth=True)
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
