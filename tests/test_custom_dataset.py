@@ -94,6 +94,47 @@ def test_novel_classes_from_split_fields_and_names(data, tmp_path):
     assert read_class_names(data["novel"]) == NOVEL
 
 
+def test_base_only_json_undeclared_ids_and_odd_split_tags(data, tmp_path, caplog):
+    train = data["train"]
+    coco = json.load(open(train.coco_json))
+    novel_ids = {c["id"] for c in coco["categories"] if c["name"] in NOVEL}
+    base_only = dict(coco, categories=[c for c in coco["categories"] if c["id"] not in novel_ids],
+                     annotations=[a for a in coco["annotations"] if a["category_id"] not in novel_ids])
+    path = tmp_path / "base_only.json"
+    path.write_text(json.dumps(base_only))
+    # the novel names are absent from a base-only json: fine with split "base", an error otherwise
+    meta = register_ovd_coco("mine_pre_split", str(path), train.image_root, NOVEL, "base")
+    assert meta["thing_classes"] == BASE
+    with pytest.raises(ValueError, match="register a json that holds only the base classes"):
+        register_ovd_coco("mine_pre_split_all", str(path), train.image_root, NOVEL, "all")
+    # an annotation of an undeclared category is an error when the data is read, not dropped
+    path = tmp_path / "undeclared.json"
+    path.write_text(json.dumps(dict(base_only, annotations=coco["annotations"])))
+    register_ovd_coco("mine_undeclared", str(path), train.image_root, NOVEL, "base")
+    with pytest.raises(ValueError, match="undeclared.json'.*category_id .* not in its 'categories'"):
+        DatasetCatalog.get("mine_undeclared")
+    # split values other than seen/unseen/base/novel count as base, with a warning
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps(dict(coco, categories=[dict(c, split="target") for c in
+                                                      coco["categories"]])))
+    with caplog.at_level("WARNING"):
+        assert {c["split"] for c in ovd_categories(str(path))} == {"base"}
+    assert "['target'] are neither seen/unseen nor base/novel" in caplog.text
+
+
+def test_evaluation_never_reuses_a_stale_converted_json(data, tmp_path):
+    from regionclip.engine.trainer import build_evaluator
+
+    train = data["train"]
+    register_ovd_coco("mine_stale", train.coco_json, train.image_root, NOVEL, "novel")
+    stale = tmp_path / "mine_stale_coco_format.json"
+    stale.write_text(json.dumps({"images": [], "annotations": [], "categories": [
+        {"id": 1, "name": "red square"}]}))
+    build_evaluator(None, "mine_stale", str(tmp_path))
+    converted = json.load(open(stale))
+    assert [c["name"] for c in converted["categories"]] == NOVEL and converted["images"]
+
+
 @pytest.mark.parametrize("case", ["missing_json", "unknown_novel", "bad_split", "builtin_name",
                                   "missing_images", "no_novel", "not_coco", "empty_novel_list"])
 def test_bad_registrations_are_clear_errors(data, tmp_path, case):
@@ -132,6 +173,9 @@ def test_embeddings_follow_the_registered_class_order(data, tmp_path):
     torch.testing.assert_close(torch.load(out), expected)
     with pytest.raises(KeyError, match="no registered dataset 'mine_nothing'"):
         concepts_tool.expand_concepts(["dataset:mine_nothing"])
+    with pytest.raises(SystemExit):  # the config form reads INPUT_DIR/concepts.txt
+        concepts_tool.main(["--config-file", "configs/pretrain/RegionCLIP_RN50.yaml"]
+                           + _register_args(data, "cfg"))
     # KEY VALUE overrides swallowed by --register-coco are named
     with pytest.raises(ValueError, match="takes NAME JSON IMAGE_ROOT .*'MODEL.DEVICE'"):
         concepts_tool.main(["--register-coco", "mine_x", data["val"].coco_json,
@@ -212,7 +256,7 @@ def test_rpn_on_base_boxes_then_transfer_learning(data, tmp_path, monkeypatch):
     for split, names in (("novel", NOVEL), ("base", BASE), ("all", BASE + NOVEL)):
         assert recall[f"R50@100_{split}"] == pytest.approx(
             _recall_at_05(pkl, data["val"].coco_json, names), abs=1e-6)
-        assert 0 <= recall[f"AR@100_{split}"] <= recall[f"R50@100_{split}"]
+        assert 0 <= recall[f"R@100_{split}"] <= recall[f"R50@100_{split}"]
     assert "AR@100" in recall  # detectron2's own numbers are kept
     # 3. RegionCLIP transfer learning on the base classes with that RPN, evaluated on all classes
     arch, clip_weights = write_tiny_clip(str(tmp_path))

@@ -50,6 +50,7 @@ def invoke_main():
     torch.multiprocessing.set_sharing_strategy("file_system")
     args = add_register_arguments(default_argument_parser()).parse_args()
     print("Command Line Args:", args)
+    register_from_args(args)  # bad --register-coco input: one clear error before any process starts
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))
 

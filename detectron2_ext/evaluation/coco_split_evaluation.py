@@ -76,8 +76,9 @@ def split_proposal_recall(predictions, coco_api, category_ids, limit=100, ious=(
     """Recall of class-agnostic proposals on the ground-truth boxes of some categories.
 
     A box (non-crowd, of a category in ``category_ids``) is recalled at IoU ``t`` when one of the
-    image's first ``limit`` proposals overlaps it with IoU >= t (no one-to-one matching, unlike
-    COCO's AR; the question asked is whether the recognition stage is given a region at all).
+    image's ``limit`` best proposals (by objectness when given) overlaps it with IoU >= t. No
+    one-to-one matching, unlike detectron2's ``AR@``: the question asked is whether the
+    recognition stage is given a region at all.
 
     Args:
         predictions (list[dict]): ``image_id`` and ``proposals`` (Instances with proposal_boxes,
@@ -99,7 +100,10 @@ def split_proposal_recall(predictions, coco_api, category_ids, limit=100, ious=(
         if not gt:
             continue
         total += len(gt)
-        boxes = prediction["proposals"].proposal_boxes[:limit]
+        proposals = prediction["proposals"]
+        if proposals.has("objectness_logits"):  # best first (an RPN's output already is)
+            proposals = proposals[proposals.objectness_logits.argsort(descending=True)]
+        boxes = proposals.proposal_boxes[:limit]
         if len(boxes) == 0:
             continue
         gt = Boxes(BoxMode.convert(torch.as_tensor(gt, dtype=torch.float32).view(-1, 4),
@@ -130,8 +134,9 @@ class COCOSplitEvaluator(COCOEvaluator):
 
     def _eval_box_proposals(self, predictions):
         """detectron2's proposal AR, plus the recall per class split (``R50@100_novel``: the
-        fraction of novel-class boxes covered at IoU 0.5 by one of the first 100 proposals;
-        ``AR@100_<split>``: the same averaged over IoU 0.5:0.95)."""
+        fraction of novel-class boxes covered at IoU 0.5 by one of the 100 best proposals;
+        ``R@100_<split>``: the same averaged over IoU 0.5:0.95), see
+        :func:`split_proposal_recall`."""
         super()._eval_box_proposals(predictions)
         if not self._do_evaluation or not self._splits or "box_proposals" not in self._results:
             return
@@ -145,7 +150,7 @@ class COCOSplitEvaluator(COCOEvaluator):
                 recall, count = split_proposal_recall(
                     predictions, self._coco_api, [by_name[m] for m in members], limit, ious)
                 res[f"R50@{limit}_{split}"] = float(recall[0] * 100)
-                res[f"AR@{limit}_{split}"] = float(np.mean(recall) * 100)
+                res[f"R@{limit}_{split}"] = float(np.mean(recall) * 100)
         logger.info("Proposal recall per class split:\n" + create_small_table(res))
         self._results["box_proposals"].update(res)
 

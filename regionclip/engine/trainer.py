@@ -52,7 +52,9 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     if meta.get("no_evaluation", False):
         return PredictionWriter(dataset_name, output_folder, f"{kind or 'coco'}_instances_results.json")
     if kind == "coco":
-        return COCOSplitEvaluator(dataset_name, output_dir=output_folder)
+        # never reuse a ground-truth json converted by an earlier run: the dataset's registration
+        # (e.g. its novel classes) may have changed since
+        return COCOSplitEvaluator(dataset_name, output_dir=output_folder, allow_cached_coco=False)
     if kind == "lvis":
         return LVISEvaluatorCompat(dataset_name, output_dir=output_folder)
     raise NotImplementedError(f"no evaluator for dataset '{dataset_name}' (evaluator_type {kind!r}); "

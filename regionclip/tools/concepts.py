@@ -264,9 +264,11 @@ def main(argv: Optional[Sequence[str]] = None) -> torch.Tensor:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    register_from_args(args)
     direct = (args.concepts, args.weights, args.output)
     if args.config_file:
+        if args.register_coco or args.novel_classes:
+            parser.error("--register-coco/--novel-classes belong to the direct form (with "
+                         "--concepts dataset:NAME); the config form reads INPUT_DIR/concepts.txt")
         if any(v is not None for v in direct):
             parser.error("--concepts/--weights/--output belong to the direct form; with "
                          "--config-file use INPUT_DIR, MODEL.WEIGHTS and OUTPUT_DIR")
@@ -274,6 +276,7 @@ def main(argv: Optional[Sequence[str]] = None) -> torch.Tensor:
     else:
         if any(v is None for v in direct) or args.opts:
             parser.error("without --config-file, give --concepts, --weights and --output")
+        register_from_args(args)
         concepts = expand_concepts(args.concepts)
         encoder = load_text_encoder(args.weights, args.depth, strict_depth=True)
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -23,6 +23,7 @@ On the command line (``tools/train_net.py``, ``tools/extract_concept_features.py
 """
 import argparse
 import json
+import logging
 import os
 from typing import Dict, List, Optional, Sequence
 
@@ -32,6 +33,8 @@ from ..categories import coco_metadata
 
 __all__ = ["OVD_SPLITS", "ovd_categories", "load_ovd_coco_json", "register_ovd_coco",
            "read_class_names", "add_register_arguments", "register_from_args"]
+
+logger = logging.getLogger(__name__)
 
 OVD_SPLITS = ("all", "base", "novel")
 _NOVEL_TAGS = {"unseen": "novel", "novel": "novel", "seen": "base", "base": "base"}
@@ -53,13 +56,17 @@ def _read_categories(json_file: str) -> List[dict]:
     return cats
 
 
-def ovd_categories(json_file: str, novel_classes: Optional[Sequence[str]] = None) -> List[dict]:
+def ovd_categories(json_file: str, novel_classes: Optional[Sequence[str]] = None,
+                   absent_novel_ok: bool = False) -> List[dict]:
     """The json's categories in category-id order, each ``{"id", "name", "split"}``.
 
     Args:
         json_file (str): a COCO-format json.
         novel_classes (sequence[str] or None): names of the novel classes; None reads the
-            categories' ``"split"`` fields (``"unseen"``/``"novel"`` are novel; no field: base).
+            categories' ``"split"`` fields (``"unseen"``/``"novel"`` are novel, ``"seen"``/
+            ``"base"`` or no field base; other values are base, with a warning).
+        absent_novel_ok (bool): novel classes missing from the json are fine (a json that holds
+            only the base classes); otherwise they are an error (a misspelt name).
 
     Raises:
         ValueError: a novel class that is not a category of the json, or duplicate names.
@@ -70,13 +77,20 @@ def ovd_categories(json_file: str, novel_classes: Optional[Sequence[str]] = None
     if duplicates:
         raise ValueError(f"dataset json '{json_file}': duplicate category names {duplicates[:5]}")
     if novel_classes is None:
-        split = {c["name"]: _NOVEL_TAGS.get(str(c.get("split", "base")).lower(), "base")
-                 for c in cats}
+        tags = {c["name"]: str(c.get("split", "base")).strip().lower() for c in cats}
+        odd = sorted({t for t in tags.values() if t not in _NOVEL_TAGS})
+        if odd:
+            logger.warning("dataset json '%s': category 'split' values %s are neither "
+                           "seen/unseen nor base/novel; those categories count as base", json_file,
+                           odd)
+        split = {n: _NOVEL_TAGS.get(t, "base") for n, t in tags.items()}
     else:
         unknown = sorted(set(novel_classes) - set(names))
-        if unknown:
+        if unknown and not absent_novel_ok:
             raise ValueError(f"novel classes {unknown[:5]} are not categories of '{json_file}' "
-                             f"(it has {len(names)}: {names[:5]}...)")
+                             f"(it has {len(names)}: {names[:5]}...). --novel-classes applies to "
+                             "every --register-coco dataset: register a json that holds only the "
+                             "base classes with split 'base'")
         split = {n: "novel" if n in set(novel_classes) else "base" for n in names}
     return [{"id": c["id"], "name": c["name"], "split": split[c["name"]]} for c in cats]
 
@@ -88,13 +102,21 @@ def load_ovd_coco_json(json_file: str, image_root: str, kept: Dict[int, int],
     Args:
         kept (dict[int, int]): json category id -> contiguous id of the kept categories.
         drop_empty (bool): drop the images left without annotation.
+
+    Raises:
+        ValueError: an annotation whose category id is not among the json's categories.
     """
     from detectron2.data.datasets import load_coco_json
 
+    declared = {c["id"] for c in _read_categories(json_file)}
     dicts = []
     for record in load_coco_json(json_file, image_root, dataset_name=None):
         annotations = []
         for ann in record.get("annotations", []):
+            if ann["category_id"] not in declared:
+                raise ValueError(f"dataset json '{json_file}': an annotation of image "
+                                 f"'{record['file_name']}' has category_id {ann['category_id']}, "
+                                 "which is not in its 'categories'")
             if ann["category_id"] in kept:
                 annotations.append(dict(ann, category_id=kept[ann["category_id"]]))
         if annotations or not drop_empty:
@@ -126,7 +148,7 @@ def register_ovd_coco(name: str, json_file: str, image_root: str,
         raise ValueError(f"dataset '{name}' is already registered; choose another name")
     if not os.path.isdir(image_root):
         raise FileNotFoundError(f"dataset '{name}': image folder '{image_root}' does not exist")
-    cats = ovd_categories(json_file, novel_classes)
+    cats = ovd_categories(json_file, novel_classes, absent_novel_ok=split == "base")
     if split != "all":
         cats = [c for c in cats if c["split"] == split]
         if not cats:
