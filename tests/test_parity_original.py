@@ -23,12 +23,11 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from parity.inputs import (
-    CAPTIONS, CHECKPOINT_OFFSETS, CONCEPTS, GT_BOXES, GT_CLASSES_48, GT_CLASSES_65, make_image,
-    scenario, write_embedding_files,
+    CAPTIONS, CHECKPOINT_OFFSETS, CONCEPTS, GT_CLASSES_48, detection_inputs, make_image, scenario,
+    write_embedding_files,
 )
 from parity.seeded_weights import load_seeded, seeded_state_dict, seeded_tensor, state_dict_specs
 from regionclip.config import add_regionclip_config
@@ -113,19 +112,6 @@ def test_checkpoint_format_matches_original(name, expected, files):
 
 
 # ---------------------------------------------------------------------------------- detection
-def detection_inputs(with_gt, classes=GT_CLASSES_65):
-    image = make_image(0)
-    h, w = image.shape[:2]
-    x = {"image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
-         "height": h, "width": w}
-    if with_gt:
-        inst = Instances((h, w))
-        inst.gt_boxes = Boxes(torch.tensor(GT_BOXES, dtype=torch.float32))
-        inst.gt_classes = torch.tensor(classes, dtype=torch.int64)
-        x["instances"] = inst
-    return [x]
-
-
 def capture(module):
     store = []
     return store, module.register_forward_hook(lambda m, i, o: store.append(o))

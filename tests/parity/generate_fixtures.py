@@ -30,8 +30,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from inputs import (  # noqa: E402
-    CAPTIONS, CHECKPOINT_OFFSETS, CONCEPTS, GT_BOXES, GT_CLASSES_48, GT_CLASSES_65, make_image,
-    scenario, write_embedding_files,
+    CAPTIONS, CHECKPOINT_OFFSETS, CONCEPTS, GT_CLASSES_48, detection_inputs, make_image, scenario,
+    write_embedding_files,
 )
 from seeded_weights import load_seeded, seeded_tensor  # noqa: E402
 
@@ -98,21 +98,6 @@ def build(name, original, files):
     specs = load_seeded(model, offsets=CHECKPOINT_OFFSETS.get(name))
     model.eval()
     return model, specs
-
-
-def detection_inputs(with_gt, classes=GT_CLASSES_65):
-    from detectron2.structures import Boxes, Instances
-
-    image = make_image(0)
-    h, w = image.shape[:2]
-    x = {"image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
-         "height": h, "width": w}
-    if with_gt:
-        inst = Instances((h, w))
-        inst.gt_boxes = Boxes(torch.tensor(GT_BOXES, dtype=torch.float32))
-        inst.gt_classes = torch.tensor(classes, dtype=torch.int64)
-        x["instances"] = inst
-    return [x]
 
 
 def record_instances(out, prefix, inst):

@@ -5,7 +5,9 @@ original's checkout, or this project) with the command-line overrides of :func:`
 run them on the images of :func:`make_image` with the boxes below. Embedding files named in the
 overrides are written by :func:`write_embedding_files` from :func:`seeded_tensor` values.
 
-Imports only NumPy, PyTorch and :mod:`seeded_weights` (never either implementation).
+Imports only NumPy, PyTorch and :mod:`seeded_weights` at module level; :func:`detection_inputs`
+imports ``detectron2.structures`` when called, i.e. the caller's detectron2 (the original's fork in
+the generator, the installed one in the test; ``Boxes``/``Instances`` are the same in both).
 """
 import os
 from typing import Dict, List, Tuple
@@ -19,7 +21,8 @@ except ImportError:
     from seeded_weights import seeded_tensor
 
 __all__ = ["IMAGE_SIZES", "GT_BOXES", "GT_CLASSES_65", "GT_CLASSES_48", "CAPTIONS", "CONCEPTS",
-           "make_image", "write_embedding_files", "scenario", "SCENARIOS", "CHECKPOINT_OFFSETS"]
+           "make_image", "detection_inputs", "write_embedding_files", "scenario", "SCENARIOS",
+           "CHECKPOINT_OFFSETS"]
 
 # (height, width) of the test images; the second one is not a multiple of 32 (FPN padding) and
 # smaller than the first (padding of the recognition batch in pretraining).
@@ -67,6 +70,24 @@ def make_image(index: int = 0) -> np.ndarray:
         image[y0:y1, x0:x1] = rng.uniform(0, 255, 3)
     image += rng.normal(0, 12, image.shape)
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
+
+
+def detection_inputs(with_gt: bool, classes=None) -> List[dict]:
+    """The detection batch of both sides: image 0, with the ground-truth boxes if ``with_gt``
+    (``classes``: their class ids, default :data:`GT_CLASSES_65`)."""
+    from detectron2.structures import Boxes, Instances
+
+    image = make_image(0)
+    h, w = image.shape[:2]
+    x = {"image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
+         "height": h, "width": w}
+    if with_gt:
+        inst = Instances((h, w))
+        inst.gt_boxes = Boxes(torch.tensor(GT_BOXES, dtype=torch.float32))
+        inst.gt_classes = torch.tensor(GT_CLASSES_65 if classes is None else classes,
+                                       dtype=torch.int64)
+        x["instances"] = inst
+    return [x]
 
 
 def write_embedding_files(folder: str, seed: int = 0) -> Dict[str, str]:
