@@ -20,8 +20,7 @@ from regionclip.config import add_regionclip_config
 from .settings import resolve_path
 
 __all__ = ["seed_everything", "stage_cfg", "teacher_temperature", "build_adamw", "train_loop",
-           "detection_inputs",
-           "detection_batches", "write_json", "read_json", "Timer"]
+           "save_trained", "detection_inputs", "detection_batches", "write_json", "read_json", "Timer"]
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +175,17 @@ def detection_batches(images: np.ndarray, boxes: List[dict], batch_size: int, se
                     x["instances"].gt_classes = torch.zeros_like(x["instances"].gt_classes)
                 batch.append(x)
             yield batch
+
+
+def save_trained(model: torch.nn.Module, cfg, folder: str):
+    """Write ``model_final.pth`` (detectron2 checkpoint format) and ``config.yaml`` of a trained
+    stage; returns their paths."""
+    weights = os.path.join(folder, "model_final.pth")
+    torch.save({"model": model.state_dict(), "iteration": cfg.SOLVER.MAX_ITER}, weights)
+    config = os.path.join(folder, "config.yaml")
+    with open(config, "w") as f:
+        f.write(cfg.dump())
+    return weights, config
 
 
 def write_json(path: str, payload) -> str:

@@ -22,7 +22,7 @@ from detectron2.modeling import build_model
 from regionclip.checkpoint import read_torch_file
 from regionclip.engine.trainer import load_model_weights
 
-from .common import stage_cfg, train_loop, write_json
+from .common import save_trained, stage_cfg, train_loop, write_json
 from .text import load_clip, text_embeddings
 from .train_clip import tokenize_captions
 
@@ -113,11 +113,7 @@ def pretrain_student(settings, world, clip_paths: Dict[str, str], rpn_paths: Dic
     tokens = tokenize_captions(world.captions("captions"))
     batches = pretrain_batches(images, tokens, cfg.SOLVER.IMS_PER_BATCH, settings.SEED)
     history = train_loop(model, cfg, batches, "stage 3: RegionCLIP pretraining", progress)
-    model_path = os.path.join(out_dir, "model_final.pth")
-    torch.save({"model": model.state_dict(), "iteration": cfg.SOLVER.MAX_ITER}, model_path)
-    config = os.path.join(out_dir, "config.yaml")
-    with open(config, "w") as f:
-        f.write(cfg.dump())
+    model_path, config = save_trained(model, cfg, out_dir)
     weights = export_student_clip(model, clip_paths["weights"],
                                   os.path.join(out_dir, "student_clip.pth"))
     write_json(os.path.join(out_dir, "metrics.json"), {"loss": history, "concepts": len(concepts)})

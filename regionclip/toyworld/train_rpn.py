@@ -16,7 +16,8 @@ from detectron2.structures import Boxes, pairwise_iou
 
 from regionclip.checkpoint import RegionCLIPCheckpointer
 
-from .common import detection_batches, detection_inputs, stage_cfg, train_loop, write_json
+from .common import (detection_batches, detection_inputs, save_trained, stage_cfg, train_loop,
+                     write_json)
 
 __all__ = ["train_rpn", "proposal_recall", "rpn_cfg"]
 
@@ -80,11 +81,7 @@ def train_rpn(settings, world, clip_paths: Dict[str, str], out_dir: str,
     batches = detection_batches(images, boxes, cfg.SOLVER.IMS_PER_BATCH, settings.SEED,
                                 class_agnostic=True)
     history = train_loop(model, cfg, batches, "stage 2: RPN", progress)
-    weights = os.path.join(out_dir, "model_final.pth")
-    torch.save({"model": model.state_dict(), "iteration": cfg.SOLVER.MAX_ITER}, weights)
-    config = os.path.join(out_dir, "config.yaml")
-    with open(config, "w") as f:
-        f.write(cfg.dump())
+    weights, config = save_trained(model, cfg, out_dir)
     model.eval()
     test_images, test_boxes = world.images("test"), world.boxes("test_all")
     proposals = []

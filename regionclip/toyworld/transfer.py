@@ -15,7 +15,7 @@ from detectron2.modeling import build_model
 
 from regionclip.engine.trainer import load_model_weights
 
-from .common import detection_batches, train_loop, write_json
+from .common import detection_batches, save_trained, train_loop, write_json
 from .evaluate import detector_cfg, evaluate_predictions, predict, write_class_embeddings
 
 __all__ = ["transfer"]
@@ -58,11 +58,7 @@ def transfer(settings, world, models: Dict[str, Dict[str, str]], rpn_paths: Dict
         load_model_weights(cfg, model)
         batches = detection_batches(images, boxes, cfg.SOLVER.IMS_PER_BATCH, settings.SEED)
         history = train_loop(model, cfg, batches, f"stage 5: transfer from {name}", progress)
-        weights = os.path.join(folder, "model_final.pth")
-        torch.save({"model": model.state_dict(), "iteration": cfg.SOLVER.MAX_ITER}, weights)
-        config = os.path.join(folder, "config.yaml")
-        with open(config, "w") as f:
-            f.write(cfg.dump())
+        weights, config = save_trained(model, cfg, folder)
         write_json(os.path.join(folder, "metrics.json"), {"loss": history})
         preds = predict(model, world.images("test"), world.boxes("test_all"))
         result = evaluate_predictions(world, preds, folder, settings.EVAL.BOOTSTRAP, settings.SEED)
