@@ -95,6 +95,26 @@ def test_split_ap50_matches_pycocotools_restricted_to_split(tmp_path):
     assert res["AP50_novel"] != pytest.approx(res["AP50_base"])  # the data makes them differ
 
 
+def test_no_predictions_still_reports_every_split_key(tmp_path):
+    """A model that detects nothing (e.g. every score under the threshold): detectron2 reports NaN
+    for its metrics; the split keys are there too, as NaN, instead of missing."""
+    json_path, _ = _make_data(str(tmp_path))
+    _register("_test_split_eval_empty", json_path)
+    ev = COCOSplitEvaluator("_test_split_eval_empty", tasks=("bbox",), distributed=False,
+                            output_dir=str(tmp_path))
+    ev.reset()
+    for img_id in range(1, 9):
+        inst = Instances((150, 200))
+        inst.pred_boxes = Boxes(torch.zeros(0, 4))
+        inst.scores = torch.zeros(0)
+        inst.pred_classes = torch.zeros(0, dtype=torch.int64)
+        ev.process([{"image_id": img_id}], [{"instances": inst}])
+    res = ev.evaluate()["bbox"]
+    keys = [f"{p}_{s}" for p in ("AP50", "AP") for s in ("novel", "base", "all")]
+    assert set(keys) <= set(res)
+    assert all(np.isnan(res[k]) for k in keys + ["AP", "AP50"])
+
+
 def test_unknown_split_class_is_an_error(tmp_path):
     json_path, _ = _make_data(str(tmp_path))
     _register("_test_split_eval_bad", json_path, novel=["cat", "zebra"])

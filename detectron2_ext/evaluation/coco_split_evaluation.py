@@ -156,7 +156,13 @@ class COCOSplitEvaluator(COCOEvaluator):
 
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
         results = super()._derive_coco_results(coco_eval, iou_type, class_names=class_names)
-        if coco_eval is None or not self._splits or iou_type not in ("bbox", "segm"):
+        if not self._splits or iou_type not in ("bbox", "segm"):
+            return results
+        if coco_eval is None:
+            # no predictions at all: the parent reports NaN for every metric; so do the splits,
+            # so that the results always carry the same keys
+            results.update((f"{prefix}_{split}", float("nan"))
+                           for prefix in ("AP50", "AP") for split in self._splits)
             return results
         if class_names is None:
             class_names = self._metadata.get("thing_classes")
