@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from PIL import Image
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
@@ -22,7 +23,7 @@ from .config import load_config
 from .engine.trainer import load_model_weights
 from .modeling.roi_heads import region_embeddings
 
-__all__ = ["RegionCLIP", "read_rgb_image"]
+__all__ = ["RegionCLIP", "crop_and_resize", "read_rgb_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,40 @@ def read_rgb_image(image: ImageLike) -> np.ndarray:
         raise ValueError(f"image must be an HxWx3 uint8 RGB array or a path, got an array of shape "
                          f"{array.shape} and dtype {array.dtype}")
     return array
+
+
+def _check_boxes(boxes, hw) -> np.ndarray:
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) if np.size(boxes) else np.zeros((0, 4))
+    if boxes.shape[0] == 0:
+        raise ValueError("boxes must be a non-empty (N, 4) XYXY array")
+    h, w = hw
+    bad = ~((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & (boxes[:, 0] < w)
+            & (boxes[:, 1] < h) & (boxes[:, 2] > 0) & (boxes[:, 3] > 0))
+    if bad.any():
+        raise ValueError(f"box {boxes[bad][0].tolist()} (XYXY) is empty or outside the "
+                         f"{w}x{h} image")
+    return boxes
+
+
+def crop_and_resize(rgb: np.ndarray, box, size: int, resize: str = "warp",
+                    context: float = 1.0) -> np.ndarray:
+    """The ``size`` x ``size`` uint8 crop of XYXY ``box`` (scaled by ``context`` about its centre,
+    clipped to the image, at least one pixel), resized with bicubic interpolation as CLIP's
+    preprocessing does: "warp" stretches it, "center" resizes the short side to ``size`` and
+    keeps the central square."""
+    h, w = rgb.shape[:2]
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    half_w, half_h = (box[2] - box[0]) * context / 2, (box[3] - box[1]) * context / 2
+    x0, y0 = int(np.floor(max(cx - half_w, 0))), int(np.floor(max(cy - half_h, 0)))
+    x1, y1 = int(np.ceil(min(cx + half_w, w))), int(np.ceil(min(cy + half_h, h)))
+    crop = Image.fromarray(rgb[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)])
+    if resize == "warp":
+        return np.array(crop.resize((size, size), Image.BICUBIC))
+    scale = size / min(crop.size)
+    cw, ch = max(size, round(crop.size[0] * scale)), max(size, round(crop.size[1] * scale))
+    crop = crop.resize((cw, ch), Image.BICUBIC)
+    left, top = (cw - size) // 2, (ch - size) // 2
+    return np.array(crop.crop((left, top, left + size, top + size)))
 
 
 class RegionCLIP:
@@ -163,6 +198,46 @@ class RegionCLIP:
                                    model.backbone.layer4, model.backbone.attnpool,
                                    heads.inference_chunk_size)
         return emb
+
+    @torch.no_grad()
+    def encode_crops(self, image: ImageLike, boxes, resize: str = "warp", context: float = 1.0,
+                     batch_size: int = 32) -> torch.Tensor:
+        """Un-normalised embeddings (N, D) of image crops, R-CNN style: each XYXY box (in image
+        pixels) is cut out of the image and the whole visual tower (stem to attention pooling)
+        runs on it at the tower's input size (224 for RN50, 288 for RN50x4).
+
+        This is how CLIP is applied to regions without RegionCLIP's feature pooling (the paper's
+        Fig. 1); compare with :meth:`encode_regions`, which pools the regions from the feature
+        map of the whole image.
+
+        Args:
+            image: path or HxWx3 uint8 RGB array.
+            boxes: (N, 4) XYXY boxes in image pixels, N >= 1.
+            resize (str): "warp" stretches each crop to a square (R-CNN); "center" resizes its
+                short side and keeps the central square (CLIP's own preprocessing).
+            context (float): boxes are scaled by this factor about their centre before cropping
+                (clipped to the image); 1.0 crops the box itself.
+            batch_size (int): crops per forward pass.
+        """
+        if resize not in ("warp", "center"):
+            raise ValueError(f"resize must be 'warp' or 'center', got {resize!r}")
+        if not context > 0:
+            raise ValueError(f"context must be > 0, got {context}")
+        backbone = self.model.backbone
+        if getattr(backbone, "attnpool", None) is None or not hasattr(backbone, "config"):
+            raise ValueError("encode_crops needs a CLIP ResNet backbone with attention pooling "
+                             "(MODEL.CLIP.USE_CLIP_ATTPOOL True)")
+        rgb = read_rgb_image(image)
+        crops = [crop_and_resize(rgb, box, backbone.config.image_size, resize, context)
+                 for box in _check_boxes(boxes, rgb.shape[:2])]
+        out = []
+        for start in range(0, len(crops), batch_size):
+            batch = [{"image": torch.as_tensor(np.ascontiguousarray(
+                c[:, :, ::-1] if self.cfg.INPUT.FORMAT == "BGR" else c).transpose(2, 0, 1))}
+                for c in crops[start:start + batch_size]]
+            x = self.model.preprocess_image(batch).tensor
+            out.append(backbone.attnpool(backbone.forward_features(x, ("res5",))["res5"]).float())
+        return torch.cat(out)
 
     @torch.no_grad()
     def detect(self, image: ImageLike, vocabulary: Sequence[str], boxes=None,
