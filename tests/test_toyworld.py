@@ -265,6 +265,58 @@ def test_every_stage_writes_its_outputs(micro_run):
 
 
 @pytest.mark.slow
+def test_analysis_agrees_with_the_region_accuracy_tool(micro_run):
+    """The toy world's region analysis (CLIP files, its own RoIAlign) and tools/region_accuracy.py
+    (the zero-shot detector built from the run's config) are two implementations of GT-box
+    recognition accuracy: same teacher, same class embeddings, same numbers."""
+    from detectron2.modeling import build_model
+
+    from regionclip import RegionCLIP
+    from regionclip.engine.trainer import load_model_weights
+    from regionclip.toyworld.analysis import analyze
+    from regionclip.toyworld.evaluate import detector_cfg
+    from regionclip.toyworld.pipeline import stage_paths
+    from regionclip.toyworld.world import register_world
+    from regionclip.tools.region_accuracy import region_accuracy
+
+    out, _ = micro_run
+    settings = _micro()
+    result = analyze(out, settings)
+    assert json.load(open(os.path.join(out, "analysis.json"))) == json.loads(json.dumps(result))
+    paths = stage_paths(out)
+    emb = os.path.join(out, "zeroshot", "teacher_class_emb.pth")
+    cfg = detector_cfg(settings, settings.EVAL, paths["clip"]["arch"], paths["clip"]["weights"],
+                       paths["rpn"], "GT", emb)
+    model = build_model(cfg)
+    load_model_weights(cfg, model)
+    rc = RegionCLIP(cfg, model.eval())
+    world = World(os.path.join(out, "world"))
+    tool = region_accuracy(rc, register_world(world)["test"], crop_context=1.2, text_emb=emb,
+                           progress=False)
+    for mode in ("roi", "crop"):
+        for split in ("all", "base", "novel"):
+            key = "top1" if split == "all" else f"top1_{split}"
+            assert tool[mode][key] == pytest.approx(result["teacher"][mode][split] * 100,
+                                                    abs=1e-6), (mode, split)
+    for key in ("correct", "most_common_share", "any_shape_noun"):
+        assert 0 <= result["teacher_pseudo_labels"][key] <= 1
+    # a micro teacher predicts one name for nearly everything: compare the embeddings too
+    from regionclip.toyworld.analysis import _crop_embeddings, _roi_embeddings
+    from regionclip.toyworld.text import load_clip
+
+    clip = load_clip(paths["clip"]["arch"], paths["clip"]["weights"])
+    images, gt = world.images("test")[:3], world.boxes("test_all")[:3]
+    rows = torch.tensor([[i, *b] for i, g in enumerate(gt) for b in g["boxes"]])
+    with torch.no_grad():
+        for mine, theirs in ((_roi_embeddings(clip, images, rows),
+                              [rc.encode_regions(im, g["boxes"]) for im, g in zip(images, gt)]),
+                             (_crop_embeddings(clip, images, rows),
+                              [rc.encode_crops(im, g["boxes"], context=1.2)
+                               for im, g in zip(images, gt)])):
+            torch.testing.assert_close(torch.cat(theirs), mine, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
 def test_resume_skips_finished_stages_and_force_reruns(micro_run):
     out, _ = micro_run
     settings = _micro()

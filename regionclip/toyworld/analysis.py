@@ -7,7 +7,8 @@ For a CLIP file (teacher or student) and the test scenes' ground-truth boxes:
   the most predicted name); ``roi_centred`` subtracts each name's mean similarity over all
   regions first (a name that is close to every region no longer wins everywhere: what is left is
   the per-class ranking that AP measures);
-* ``crop``: the object cropped (with 10 % context), resized to the CLIP input size and encoded
+* ``crop``: the object cropped (with 10 % context on each side), resized to the CLIP input size
+  (:func:`regionclip.api.crop_and_resize`, bicubic, as ``tools/region_accuracy.py``) and encoded
   as a whole image (what a CLIP knows about an object seen alone);
 * ``pseudo``: the teacher's pseudo label over the concept pool (argmax, as in pretraining) of the
   RPN proposals that overlap a ground-truth box (IoU >= 0.5) — is it the box's shape noun (or a
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
+
+from regionclip.api import crop_and_resize
 
 from .common import write_json
 from .text import load_clip, text_embeddings
@@ -57,14 +60,8 @@ def _roi_embeddings(model, images: np.ndarray, boxes: torch.Tensor) -> torch.Ten
 @torch.no_grad()
 def _crop_embeddings(model, images: np.ndarray, boxes: torch.Tensor) -> torch.Tensor:
     size = images.shape[1]
-    crops = []
-    for b, x0, y0, x1, y1 in boxes.tolist():
-        pad_x, pad_y = 0.1 * (x1 - x0), 0.1 * (y1 - y0)
-        x0, y0 = max(0, int(x0 - pad_x)), max(0, int(y0 - pad_y))
-        x1, y1 = min(size, int(np.ceil(x1 + pad_x))), min(size, int(np.ceil(y1 + pad_y)))
-        crop = torch.from_numpy(images[int(b), y0:y1, x0:x1].copy()).permute(2, 0, 1)[None].float()
-        crops.append(F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False))
-    x = torch.cat(crops).permute(0, 2, 3, 1).clamp(0, 255).round().to(torch.uint8).numpy()
+    x = np.stack([crop_and_resize(images[int(b)], box, size, "warp", context=1.2)
+                  for b, *box in boxes.tolist()])
     return torch.cat([model.encode_image(normalize(x[i:i + 256])) for i in range(0, len(x), 256)])
 
 
