@@ -9,9 +9,11 @@ on the same inputs.
 
 Tolerances: both sides run float32 on the same PyTorch/torchvision kernels; measured differences
 are at the level of float rounding, at most 1e-6 relative (see the README). Region embeddings and
-losses are compared with rtol 1e-4 (plus 1e-4 of the tensor's largest magnitude), detection
-scores with 1e-3 (the 0.01 temperature amplifies embedding noise up to 100x); detections must
-have identical classes in identical order and boxes within 0.01 pixel (+ rtol 1e-4). Float
+losses are compared with rtol 1e-4 (plus 1e-4 of the tensor's largest magnitude; 1e-3 for the
+embeddings of RPN proposals), detection scores with 1e-3 (the 0.01 temperature amplifies
+embedding noise up to 100x); detections must have identical classes in identical order and boxes
+within 0.1 pixel (+ rtol 1e-4): the fixtures were made with AVX-512 kernels, and AVX2 or plain
+kernels move boxes by up to 0.04 px (measured by emulating those CPUs here). Float
 noise of another CPU could reorder detections of different classes whose scores tie within the
 score tolerance (two coco_rpn detections differ by 2e-6 of the top score): only such swaps are
 accepted.
@@ -41,7 +43,12 @@ RTOL = 1e-4
 # Detection scores are softmax(cos / 0.01): a relative error e of the embeddings becomes up to
 # ~100 e in the scores, hence a looser tolerance for them.
 SCORE_RTOL = 1e-3
-BOX_ATOL = 1e-2  # pixels (plus RTOL of the coordinate); regressed boxes amplify noise
+# pixels (plus RTOL of the coordinate): regressed boxes amplify noise. Measured on other kernels
+# than the fixtures' (AVX-512 oneDNN convolutions): up to 0.015 px with AVX2, 0.04 px without SIMD
+BOX_ATOL = 1e-1
+# Region embeddings of RPN proposals: the proposal coordinates' noise moves the RoIAlign samples;
+# 2.9e-4 (AVX2 kernels) and 1.4e-4 x 3 (no SIMD) of the largest magnitude measured
+RPN_EMB_RTOL = 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +247,7 @@ def test_rpn_mode_inference_matches_original(name, expected, files):
                  "objectness logits")
     proj = seeded_tensor("region_emb_projection", (embs[0].shape[1], 16))
     assert_close((torch.cat(embs) @ proj).numpy(), expected[f"{name}/region_emb_proj"],
-                 "region embeddings (projected)")
+                 "region embeddings (projected)", rtol=RPN_EMB_RTOL)
     assert_same_detections(results[0], expected, f"{name}/")
 
 
