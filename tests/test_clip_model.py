@@ -231,7 +231,8 @@ def test_text_tower_is_causal_and_pools_at_largest_id():
     rows = torch.arange(3)
     assert torch.allclose(pooled, per_token[rows, tokens.argmax(dim=-1)], rtol=1e-5, atol=1e-6)
     assert tokens[2].argmax() != 76  # the cut row pools at its largest id, not at the end
-    assert torch.allclose(prefix, per_token[:, :12], rtol=1e-5, atol=1e-6)  # causal mask
+    # causal mask; 12 and 77 tokens take different matmul kernels, hence not 1e-5
+    assert torch.allclose(prefix, per_token[:, :12], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="78 tokens"):
         text.encode_text(torch.zeros(1, 78, dtype=torch.long))
 

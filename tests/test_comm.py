@@ -7,8 +7,8 @@ import pytest
 import torch
 from detectron2.utils import comm
 
-from detectron2_ext.engine import launch
-from detectron2_ext.utils import all_gather_with_grad, free_port
+from detectron2_ext.utils import all_gather_with_grad
+from multiproc import launch_two, rendezvous_url
 
 
 def test_single_process_is_identity():
@@ -41,8 +41,7 @@ def _worker(out_dir):
 
 @pytest.mark.dist
 def test_two_processes_gather_values_and_gradients(tmp_path):
-    launch(_worker, 2, num_machines=1, machine_rank=0,
-           dist_url=f"tcp://127.0.0.1:{free_port()}", args=(str(tmp_path),))
+    launch_two(_worker, str(tmp_path), args=(str(tmp_path),))
     res = [pickle.load(open(tmp_path / f"rank{r}.pkl", "rb")) for r in range(2)]
     full = torch.cat([_rows(0), _rows(1)])
     trunc = torch.cat([_rows(0)[:2], _rows(1)[:2]])
@@ -64,7 +63,7 @@ def test_launch_workers_leave_the_process_group(tmp_path):
 
     from detectron2_ext.engine.launch import _LeaveProcessGroup
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", world_size=1,
+    dist.init_process_group("gloo", init_method=rendezvous_url(str(tmp_path)), world_size=1,
                             rank=0)
     try:
         seen = []

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import ovd_world
+from multiproc import rendezvous_url
 from ovd_world import BASE, REPO, load_train_net, make_ovd_coco_tree, write_embeddings
 from tiny_clip import TINY_OPTS, write_tiny_clip
 
@@ -103,7 +104,7 @@ def test_two_cpu_processes_train_through_the_cli(world, tmp_path):
 
     def run():
         cmd = [sys.executable, os.path.join(REPO, "tools/train_net.py"), "--config-file", CFG,
-               "--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{_port()}"] + \
+               "--num-gpus", "2", "--dist-url", rendezvous_url(str(tmp_path))] + \
             _gt_opts(root, emb, tmp_path) + ["SOLVER.MAX_ITER", "2"]
         proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
         errors = "\n".join(line for line in proc.stderr.splitlines() if "warn" not in line.lower())

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 import ovd_world
@@ -29,8 +30,9 @@ def data(tmp_path_factory):
              "val": register_synthetic_dataset("_t_lvis_val", val, "lvis"),
              "coco_train": register_synthetic_dataset("_t_coco_train", train, "coco")}
     arch, weights = write_tiny_clip(str(root))
-    torch.save(torch.randn(3, 64), root / "base.pth")
-    torch.save(torch.randn(4, 64), root / "all.pth")
+    gen = torch.Generator().manual_seed(11)
+    torch.save(torch.randn(3, 64, generator=gen), root / "base.pth")
+    torch.save(torch.randn(4, 64, generator=gen), root / "all.pth")
     return root, names, arch, weights
 
 
@@ -55,7 +57,8 @@ def test_lvis_clip_fast_rcnn_with_masks_trains_and_reports_apr(data, tmp_path):
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
         "DATASETS.TRAIN", f"('{names['train']}',)", "DATASETS.TEST", f"('{names['val']}',)"])
     assert cfg.MODEL.MASK_ON and cfg.MODEL.CLIP.MULTIPLY_RPN_SCORE
-    trainer = Trainer(cfg)
+    seed_all_rng(cfg.SEED)  # Trainer(cfg) skips default_setup: the random offline RPN, box head
+    trainer = Trainer(cfg)  # and the sampler's order are then the same on every run
     trainer.resume_or_load(resume=False)
     with EventStorage():
         losses = trainer.model(next(iter(trainer.data_loader)))
@@ -75,6 +78,7 @@ def test_mask_rcnn_clip_c4_config_uses_the_backbone_res5(data, tmp_path):
         "MODEL.ROI_HEADS.NUM_CLASSES", "4", "DATASETS.TRAIN", f"('{names['coco_train']}',)",
         "DATASETS.TEST", "()"])
     assert cfg.MODEL.META_ARCHITECTURE == "CLIPGeneralizedRCNN"
+    seed_all_rng(cfg.SEED)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     model = trainer.model

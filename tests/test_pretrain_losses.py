@@ -9,8 +9,7 @@ import pytest
 import torch
 from detectron2.utils import comm
 
-from detectron2_ext.engine import launch
-from detectron2_ext.utils.comm import free_port
+from multiproc import launch_two
 from regionclip.modeling.losses import (
     image_text_contrastive_loss,
     region_concept_contrastive_loss,
@@ -218,8 +217,7 @@ def _img_txt_worker(out_dir):
 
 @pytest.mark.dist
 def test_img_txt_two_processes_equal_one_process_on_joined_batch(tmp_path):
-    launch(_img_txt_worker, 2, num_machines=1, machine_rank=0,
-           dist_url=f"tcp://127.0.0.1:{free_port()}", args=(str(tmp_path),))
+    launch_two(_img_txt_worker, str(tmp_path), args=(str(tmp_path),))
     per_rank = [pickle.load(open(tmp_path / f"rank{r}.pkl", "rb")) for r in range(2)]
     for case, sizes in enumerate(SIZE_CASES):
         res = [per_rank[r][case] for r in range(2)]

@@ -16,8 +16,7 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
-from detectron2_ext.engine import launch
-from detectron2_ext.utils.comm import free_port
+from multiproc import launch_two
 
 import regionclip  # noqa: F401  (registers everything)
 from regionclip.clip import TextTransformer, VisualConfig
@@ -410,8 +409,7 @@ def _ddp_worker(out_dir):
 def test_two_processes_ddp_gradient_equals_joined_batch_objective(tmp_path):
     """2 processes (gloo, CPU): the DDP-averaged gradient is that of the image-text loss over
     the joined batch plus the mean of the per-process region losses."""
-    launch(_ddp_worker, 2, num_machines=1, machine_rank=0,
-           dist_url=f"tcp://127.0.0.1:{free_port()}", args=(str(tmp_path),))
+    launch_two(_ddp_worker, str(tmp_path), args=(str(tmp_path),))
     res = [pickle.load(open(tmp_path / f"rank{r}.pkl", "rb")) for r in range(2)]
     model = _tiny()
     _diverse_teacher_pool(model, _square_batch(0))

@@ -27,6 +27,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOVEL_WORDS = {w for s in NOVEL_SHAPES for w in SHAPE_SYNONYMS[s]}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _restore_torch_settings():
+    """The pipeline sets the thread count and deterministic kernels for the whole process (as
+    its command line wants); the tests after this module get the settings they had before."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
 def _micro(*opts):
     return load_settings("micro", ["NUM_THREADS", "1", *opts])
 

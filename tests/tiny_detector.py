@@ -44,6 +44,7 @@ def tiny_detector_opts(folder, topk=20):
         "MODEL.CLIP.OFFLINE_RPN_CONFIG", write_tiny_rpn_config(folder),
         "MODEL.CLIP.OFFLINE_RPN_POST_NMS_TOPK_TEST", str(topk),
         "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "160",
+        "SEED", "0",  # the offline RPN has random weights: the same ones on every run
     ]
     return opts, weights
 
