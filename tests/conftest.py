@@ -1,7 +1,6 @@
 """Session header: what the numeric tolerances of the suite depend on (CPU kernels, versions)."""
 
 
-
 def pytest_report_header(config):
     import torch
 
