@@ -62,21 +62,26 @@ def _check_boxes(boxes, hw) -> np.ndarray:
 def crop_and_resize(rgb: np.ndarray, box, size: int, resize: str = "warp",
                     context: float = 1.0) -> np.ndarray:
     """The ``size`` x ``size`` uint8 crop of XYXY ``box`` (scaled by ``context`` about its centre,
-    clipped to the image, at least one pixel), resized with bicubic interpolation as CLIP's
-    preprocessing does: "warp" stretches it, "center" resizes the short side to ``size`` and
-    keeps the central square."""
+    clipped to the image, at least one pixel), resized with bicubic interpolation: "warp"
+    stretches it; "center" resizes its short side to ``size`` and keeps the central square, with
+    the rounding of CLIP's preprocessing (torchvision ``Resize`` + ``CenterCrop``)."""
     h, w = rgb.shape[:2]
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     half_w, half_h = (box[2] - box[0]) * context / 2, (box[3] - box[1]) * context / 2
-    x0, y0 = int(np.floor(max(cx - half_w, 0))), int(np.floor(max(cy - half_h, 0)))
-    x1, y1 = int(np.ceil(min(cx + half_w, w))), int(np.ceil(min(cy + half_h, h)))
-    crop = Image.fromarray(rgb[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)])
+    x0 = min(int(np.floor(max(cx - half_w, 0))), w - 1)
+    y0 = min(int(np.floor(max(cy - half_h, 0))), h - 1)
+    x1 = max(int(np.ceil(min(cx + half_w, w))), x0 + 1)
+    y1 = max(int(np.ceil(min(cy + half_h, h))), y0 + 1)
+    crop = Image.fromarray(rgb[y0:y1, x0:x1])
     if resize == "warp":
         return np.array(crop.resize((size, size), Image.BICUBIC))
-    scale = size / min(crop.size)
-    cw, ch = max(size, round(crop.size[0] * scale)), max(size, round(crop.size[1] * scale))
+    cw, ch = crop.size
+    if cw <= ch:
+        cw, ch = size, int(size * ch / cw)
+    else:
+        cw, ch = int(size * cw / ch), size
     crop = crop.resize((cw, ch), Image.BICUBIC)
-    left, top = (cw - size) // 2, (ch - size) // 2
+    left, top = int(round((cw - size) / 2.0)), int(round((ch - size) / 2.0))
     return np.array(crop.crop((left, top, left + size, top + size)))
 
 

@@ -276,3 +276,19 @@ def test_builders_accept_configs_and_reject_bad_specs():
         build_visual("RN18")
     with pytest.raises(TypeError):
         build_visual(TINY.text)
+
+
+def test_the_tests_tiny_clip_sees_its_input(tmp_path):
+    """tests/tiny_clip.py's model (used by most end-to-end tests) must map different images to
+    clearly different embeddings, or comparisons of embeddings could not detect a wrong input."""
+    from regionclip.clip import build_clip_from_state_dict
+    from tiny_clip import TINY, write_tiny_clip
+
+    _, weights = write_tiny_clip(str(tmp_path))
+    clip = build_clip_from_state_dict(torch.load(weights), text_heads=TINY.text.heads,
+                                      visual_heads=TINY.visual.heads).eval()
+    images = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        emb = F.normalize(clip.encode_image(images), dim=1)
+    cosines = (emb @ emb.t())[~torch.eye(4, dtype=torch.bool)]
+    assert cosines.max() < 0.99  # was 1 - 1e-11 with arbitrary BatchNorm statistics

@@ -249,6 +249,12 @@ def test_rpn_mode_inference_matches_original(name, expected, files):
     assert_close((torch.cat(embs) @ proj).numpy(), expected[f"{name}/region_emb_proj"],
                  "region embeddings (projected)", rtol=RPN_EMB_RTOL)
     assert_same_detections(results[0], expected, f"{name}/")
+    if name == "coco_rpn":  # negative control: the box tolerance still sees the box deltas
+        model.roi_heads.box_predictor.no_box_delta = True
+        with torch.no_grad():
+            results = model.inference(detection_inputs(False), do_postprocess=False)
+        with pytest.raises(AssertionError):
+            assert_same_detections(results[0], expected, f"{name}/")
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ Command line::
 import argparse
 import json
 import logging
+import math
 import os
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
@@ -34,6 +35,7 @@ from tqdm import tqdm
 
 from detectron2_ext.evaluation import splits_from_metadata
 
+from ..data.categories import clean_lvis_name
 from ..data.datasets.custom_ovd import add_register_arguments, register_from_args
 from ..modeling.roi_heads.clip_box_predictor import load_text_embeddings
 
@@ -45,28 +47,47 @@ MODES = ("roi", "crop")
 
 
 def dataset_regions(dataset_name: str, max_images: Optional[int] = None) -> List[dict]:
-    """``[{"file_name", "boxes": (N, 4) XYXY, "classes": (N,)}]``: the non-crowd ground-truth
-    boxes of the first ``max_images`` images of a registered dataset that have any.
+    """``[{"file_name", "boxes": (N, 4) XYXY, "classes": (N,)}]``: the ground-truth boxes of a
+    registered dataset, images in ``image_id`` order, the first ``max_images`` images that have a
+    box (None: all).
+
+    Crowd boxes and boxes less than one pixel wide or high are left out (and counted in the log),
+    so that both modes classify the same boxes.
 
     Raises:
-        ValueError: when the dataset has no such box.
+        KeyError: when the dataset is not registered.
+        ValueError: when no box is left.
     """
+    if dataset_name not in DatasetCatalog.list():
+        raise KeyError(f"dataset '{dataset_name}' is not registered (register it, e.g. with "
+                       "--register-coco NAME JSON IMAGE_ROOT)")
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max_images must be >= 1 or None, got {max_images}")
     dicts = DatasetCatalog.get(dataset_name)
-    out, crowd = [], 0
-    for d in dicts[:max_images] if max_images else dicts:
-        anns = [a for a in d.get("annotations", []) if not a.get("iscrowd", 0)]
-        crowd += len(d.get("annotations", [])) - len(anns)
-        if not anns:
-            continue
+    # LVIS val dicts come sorted by annotation count: image order keeps a subset representative
+    dicts = sorted(dicts, key=lambda d: d.get("image_id", 0))
+    out, crowd, tiny = [], 0, 0
+    for d in dicts:
+        if max_images is not None and len(out) == max_images:
+            break
+        anns = d.get("annotations", [])
         boxes = np.array([BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS)
-                          for a in anns], dtype=np.float32)
-        out.append({"file_name": d["file_name"], "boxes": boxes,
-                    "classes": np.array([a["category_id"] for a in anns], dtype=np.int64)})
+                          for a in anns], dtype=np.float32).reshape(-1, 4)
+        is_crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
+        big = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+        crowd += int(is_crowd.sum())
+        tiny += int((~is_crowd & ~big).sum())
+        keep = ~is_crowd & big
+        if not keep.any():
+            continue
+        out.append({"file_name": d["file_name"], "boxes": boxes[keep],
+                    "classes": np.array([a["category_id"] for a in anns], dtype=np.int64)[keep]})
     if not out:
-        raise ValueError(f"dataset '{dataset_name}' has no (non-crowd) ground-truth boxes to "
-                         "classify")
-    if crowd:
-        logger.info("%d crowd boxes of '%s' are not classified", crowd, dataset_name)
+        raise ValueError(f"dataset '{dataset_name}' has no ground-truth box to classify (crowd "
+                         f"boxes and boxes under one pixel are left out)")
+    if crowd or tiny:
+        logger.info("'%s': %d crowd boxes and %d boxes under one pixel are not classified",
+                    dataset_name, crowd, tiny)
     return out
 
 
@@ -102,48 +123,56 @@ def accuracy_table(scores: torch.Tensor, labels: torch.Tensor, class_names: Sequ
     return res
 
 
-def _class_embeddings(rc, class_names, text_emb: Optional[str]) -> torch.Tensor:
+def _class_embeddings(rc, class_names, text_emb: Optional[str], lvis_names: bool) -> torch.Tensor:
     dim = rc.cfg.MODEL.CLIP.TEXT_EMB_DIM
     if text_emb:
         emb = load_text_embeddings(text_emb, "--text-emb", None, dim)
         if emb.shape[0] != len(class_names):
             raise ValueError(f"--text-emb: '{text_emb}' has {emb.shape[0]} class embeddings, but "
                              f"the dataset has {len(class_names)} classes")
+        logger.info("class embeddings: --text-emb %s", text_emb)
         return emb
-    table = rc.model.roi_heads.box_predictor.class_embeddings()
-    if table.shape[0] == len(class_names):
-        return table.detach().float().cpu()
+    clip = rc.cfg.MODEL.CLIP
+    key = "OPENSET_TEST_TEXT_EMB_PATH" if clip.OPENSET_TEST_TEXT_EMB_PATH else "TEXT_EMB_PATH"
+    table = rc.model.roi_heads.box_predictor.class_embeddings().detach().float().cpu()
+    if clip.get(key) and table.shape[0] == len(class_names) and table.abs().max() > 0:
+        logger.info("class embeddings: MODEL.CLIP.%s %s (its rows must follow the dataset's "
+                    "class order)", key, clip.get(key))
+        return table
+    names = [clean_lvis_name(n) for n in class_names] if lvis_names else list(class_names)
     if rc.text_encoder_loaded:
-        logger.info("the config's class embeddings have %d rows for %d classes: encoding the "
-                    "class names with the text encoder", table.shape[0], len(class_names))
-        return rc.encode_text(class_names).float().cpu()
-    raise ValueError(f"the config's class embeddings (MODEL.CLIP.OPENSET_TEST_TEXT_EMB_PATH or "
-                     f"TEXT_EMB_PATH) have {table.shape[0]} rows but the dataset has "
-                     f"{len(class_names)} classes, and MODEL.WEIGHTS has no text encoder: pass "
-                     f"--text-emb with embeddings of the dataset's classes")
+        logger.info("class embeddings: the class names encoded by the checkpoint's text encoder")
+        return rc.encode_text(names).float().cpu()
+    raise ValueError(f"no class embeddings for the dataset's {len(class_names)} classes: "
+                     f"MODEL.CLIP.{key} is '{clip.get(key)}' ({table.shape[0]} rows) and "
+                     "MODEL.WEIGHTS has no text encoder; pass --text-emb with embeddings of the "
+                     "dataset's classes in its class order")
 
 
 @torch.no_grad()
 def region_accuracy(rc, dataset_name: str, modes: Sequence[str] = MODES,
                     max_images: Optional[int] = None, text_emb: Optional[str] = None,
                     crop_resize: str = "warp", crop_context: float = 1.0,
-                    progress: bool = True) -> Dict[str, Dict]:
+                    progress: bool = True, return_scores: bool = False):
     """Classify every ground-truth box of ``dataset_name`` with ``rc`` (a
     :class:`regionclip.RegionCLIP`) in each of ``modes``.
 
     Returns:
-        dict: mode -> :func:`accuracy_table` of that mode.
+        dict: mode -> :func:`accuracy_table` of that mode; with ``return_scores`` also the
+        per-box cosine similarities ``{mode: (N, C) Tensor}`` and the (N,) labels, boxes in the
+        order of :func:`dataset_regions`.
     """
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
         raise ValueError(f"modes must be a non-empty subset of {MODES}, got {list(modes)}")
+    regions = dataset_regions(dataset_name, max_images)  # loads the dataset: sets lazy metadata
     metadata = MetadataCatalog.get(dataset_name)
     class_names = list(metadata.get("thing_classes", []))
     if not class_names:
         raise ValueError(f"dataset '{dataset_name}' has no thing_classes in its metadata")
     splits = splits_from_metadata(metadata)
-    classes = F.normalize(_class_embeddings(rc, class_names, text_emb), dim=1)
-    regions = dataset_regions(dataset_name, max_images)
+    lvis = metadata.get("evaluator_type", None) == "lvis"
+    classes = F.normalize(_class_embeddings(rc, class_names, text_emb, lvis), dim=1)
     scores = {m: [] for m in modes}
     for item in tqdm(regions, desc=f"classifying boxes of {dataset_name}", disable=not progress):
         for mode in modes:
@@ -153,8 +182,9 @@ def region_accuracy(rc, dataset_name: str, modes: Sequence[str] = MODES,
                 emb = rc.encode_crops(item["file_name"], item["boxes"], crop_resize, crop_context)
             scores[mode].append(F.normalize(emb.float().cpu(), dim=1) @ classes.t())
     labels = torch.as_tensor(np.concatenate([r["classes"] for r in regions]))
-    return OrderedDict((m, accuracy_table(torch.cat(scores[m]), labels, class_names, splits))
-                       for m in modes)
+    scores = {m: torch.cat(v) for m, v in scores.items()}
+    tables = OrderedDict((m, accuracy_table(scores[m], labels, class_names, splits)) for m in modes)
+    return (tables, scores, labels) if return_scores else tables
 
 
 def _parser():
@@ -163,28 +193,44 @@ def _parser():
     parser.add_argument("--config-file", required=True, help="a CLIPFastRCNN yaml")
     parser.add_argument("--dataset", help="registered dataset (default: the one "
                         "--register-coco dataset, else the config's DATASETS.TEST[0])")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--max-images", type=int, help="only the first N images with boxes")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
+                        help="roi, crop or both (put another --option between it and the "
+                        "KEY VALUE overrides)")
+    parser.add_argument("--max-images", type=int,
+                        help="only the first N images (by image id) that have boxes")
     parser.add_argument("--text-emb", help="(num_classes, D) class embeddings in the dataset's "
                         "class order (default: the config's, else the text encoder's)")
     parser.add_argument("--crop-resize", default="warp", choices=("warp", "center"))
     parser.add_argument("--crop-context", type=float, default=1.0,
                         help="scale boxes about their centre before cropping")
-    parser.add_argument("--output", help="write the results as json here")
+    parser.add_argument("--output", help="write the results as json here (empty splits: null)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     add_register_arguments(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
+
+
+def _json_safe(value):
+    """NaN (an empty split) -> None, which json writes as null (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
     setup_logger(name="regionclip")
     registered = register_from_args(args)
+    if not args.dataset and len(registered) > 1:
+        raise SystemExit(f"--register-coco registered {registered}: choose one with --dataset")
     from ..api import RegionCLIP
 
-    rc = RegionCLIP.from_config(args.config_file, opts=args.opts,
-                                device="cuda" if torch.cuda.is_available() else "cpu")
-    dataset = args.dataset or (registered[0] if len(registered) == 1 else None) or (
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # the tool gives the boxes itself: no offline RPN is built or needed
+    opts = list(args.opts) + ["MODEL.CLIP.CROP_REGION_TYPE", "GT",
+                              "MODEL.CLIP.MULTIPLY_RPN_SCORE", "False"]
+    rc = RegionCLIP.from_config(args.config_file, opts=opts, device=device)
+    dataset = args.dataset or (registered[0] if registered else None) or (
         rc.cfg.DATASETS.TEST[0] if rc.cfg.DATASETS.TEST else None)
     if not dataset:
         raise SystemExit("no --dataset given and the config has no DATASETS.TEST")
@@ -197,5 +243,5 @@ def main(argv=None):
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w") as f:
             json.dump({"dataset": dataset, "config": args.config_file, "opts": args.opts,
-                       "results": results}, f, indent=1)
+                       "results": _json_safe(results)}, f, indent=1)
     return results
