@@ -10,6 +10,29 @@ TINY = CLIPConfig(VisualConfig((1, 1, 1, 1), 16, 224, 64, 8), TextConfig(64, 2, 
 TINY_OPTS = ["MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.CLIP.TEXT_EMB_DIM", "64"]
 
 
+@torch.no_grad()
+def calibrate_batchnorm_(visual, image_size, seed=0, batch=8):
+    """Set the BatchNorm statistics of a CLIP image tower to those of noise images, as training
+    would: every layer then passes on a signal of unit scale.
+
+    With arbitrary statistics (e.g. variances ~U(0.5, 2), gains ~U(0.2, 0.6)) the signal dies out
+    over the layers while constant offsets stay: embeddings of different images differed by 1e-6
+    (tiny tower) to 2e-5 (RN50) of their size, and tests comparing embeddings could not tell one
+    input from another.
+    """
+    norms = [m for m in visual.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average: the batch's own statistics
+    visual.train()
+    visual(torch.randn(batch, 3, image_size, image_size,
+                       generator=torch.Generator().manual_seed(seed)))
+    visual.eval()
+    for norm in norms:
+        norm.momentum = 0.1
+    return visual
+
+
 def write_tiny_clip(folder, seed=0):
     """Write ``tiny_arch.json`` and ``tiny_OAI_CLIP.pth`` (a random CLIP with OpenAI key names).
 
@@ -22,21 +45,7 @@ def write_tiny_clip(folder, seed=0):
         for name, param in model.named_parameters():  # CLIP's init zeroes each block's last gamma
             if ".bn" in name and name.endswith("weight"):
                 param.uniform_(0.2, 0.6)
-        # Frozen statistics measured on noise images, as training would: every layer then passes
-        # on a signal of unit scale. (Arbitrary statistics let the signal die out in the 17
-        # layers: the embeddings varied by 1e-6 of their size between images, and tests that
-        # compare embeddings could not tell one input from another.)
-        norms = [m for m in model.visual.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        for norm in norms:
-            norm.reset_running_stats()
-            norm.momentum = None  # cumulative average: the batch's own statistics
-        model.visual.train()
-        noise = torch.randn(8, 3, TINY.visual.image_size, TINY.visual.image_size,
-                            generator=torch.Generator().manual_seed(seed + 1))
-        model.visual(noise)
-        model.visual.eval()
-        for norm in norms:
-            norm.momentum = 0.1
+    calibrate_batchnorm_(model.visual, TINY.visual.image_size, seed + 1)
     arch = save_clip_arch(TINY, f"{folder}/tiny_arch.json")
     weights = f"{folder}/tiny_OAI_CLIP.pth"
     torch.save(model.state_dict(), weights)
