@@ -149,7 +149,7 @@ def test_depth_flag_mapping():
 
 def test_forward_features_chain_into_forward():
     torch.manual_seed(0)
-    model = randomize_(build_visual(TINY)).eval()
+    model = calibrate_batchnorm_(randomize_(build_visual(TINY)), 64).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         feats = model.forward_features(x, out=("stem", "res2", "res3", "res4", "res5"))
@@ -184,7 +184,7 @@ def test_injected_norm_layer_frozen_bn():
     from detectron2.layers import FrozenBatchNorm2d
 
     torch.manual_seed(0)
-    reference = randomize_(build_visual(TINY)).eval()
+    reference = calibrate_batchnorm_(randomize_(build_visual(TINY)), 64).eval()
     frozen = build_visual(TINY, norm_layer=FrozenBatchNorm2d)
     assert all(not isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
     assert isinstance(getattr(frozen.layer3[0].downsample, "1"), FrozenBatchNorm2d)

@@ -174,7 +174,8 @@ def test_embeddings_follow_the_registered_class_order(data, tmp_path):
     with pytest.raises(KeyError, match="no registered dataset 'mine_nothing'"):
         concepts_tool.expand_concepts(["dataset:mine_nothing"])
     with pytest.raises(SystemExit):  # the config form reads INPUT_DIR/concepts.txt
-        concepts_tool.main(["--config-file", "configs/pretrain/RegionCLIP_RN50.yaml"]
+        concepts_tool.main(["--config-file",
+                            os.path.join(REPO, "configs/pretrain/RegionCLIP_RN50.yaml")]
                            + _register_args(data, "cfg"))
     # KEY VALUE overrides swallowed by --register-coco are named
     with pytest.raises(ValueError, match="takes NAME JSON IMAGE_ROOT .*'MODEL.DEVICE'"):

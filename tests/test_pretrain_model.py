@@ -17,6 +17,7 @@ from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
 from multiproc import launch_two
+from tiny_clip import calibrate_batchnorm_
 
 import regionclip  # noqa: F401  (registers everything)
 from regionclip.clip import TextTransformer, VisualConfig
@@ -27,8 +28,9 @@ from regionclip.modeling.meta_arch.offline_rpn import build_offline_modules
 from regionclip.modeling.meta_arch.pretrain_fast_rcnn import PretrainFastRCNN, random_grid_boxes
 from regionclip.modeling.roi_heads.clip_roi_heads import PretrainRes5ROIHeads
 
-PRETRAIN_YAML = "configs/pretrain/RegionCLIP_RN50.yaml"
-OFFLINE_YAML = "configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRETRAIN_YAML = os.path.join(REPO, "configs/pretrain/RegionCLIP_RN50.yaml")
+OFFLINE_YAML = os.path.join(REPO, "configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 DIM, TEACHER_DIM, CONCEPTS = 32, 24, 12
@@ -47,8 +49,13 @@ def _cfg(**clip):
 def _tower(embed_dim, seed, freeze_at=2):
     torch.manual_seed(seed)
     # (1, 1, 1, 1) blocks, width 8; 224 px attention pool = the 7x7 grid of 14x14 RoIs after layer4
-    return CLIPResNetBackbone(VisualConfig((1, 1, 1, 1), 8, 224, embed_dim, 4), ("res4",),
-                              freeze_at=freeze_at)
+    tower = CLIPResNetBackbone(VisualConfig((1, 1, 1, 1), 8, 224, embed_dim, 4), ("res4",),
+                               freeze_at=freeze_at)
+    with torch.no_grad():  # CLIP's init zeroes each block's last gain: the blocks would be skips
+        for name, buf in tower.named_buffers():
+            if ".bn3." in name and name.endswith("weight"):
+                buf.uniform_(0.2, 0.6)
+    return calibrate_batchnorm_(tower, 224, seed)  # regions and images embed differently
 
 
 def _parts(**overrides):
@@ -146,6 +153,8 @@ def test_rn50_from_config_rpn_mode_builds_frozen_parts_and_trains(tmp_path):
         assert 0 < len(o["proposals"]) <= 6
         assert o["region_feats"].shape == (len(o["proposals"]), 1024)
         torch.testing.assert_close(o["proposals"].proposal_boxes.tensor, p.proposal_boxes.tensor)
+        # (a random RPN proposes whole-image boxes for any input; its logits do see the input)
+        torch.testing.assert_close(o["proposals"].objectness_logits, p.objectness_logits)
 
 
 def _arch_json(path, embed_dim):

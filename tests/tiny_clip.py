@@ -18,18 +18,30 @@ def calibrate_batchnorm_(visual, image_size, seed=0, batch=8):
     With arbitrary statistics (e.g. variances ~U(0.5, 2), gains ~U(0.2, 0.6)) the signal dies out
     over the layers while constant offsets stay: embeddings of different images differed by 1e-6
     (tiny tower) to 2e-5 (RN50) of their size, and tests comparing embeddings could not tell one
-    input from another.
+    input from another. Works for ``nn.BatchNorm2d`` and detectron2's ``FrozenBatchNorm2d``
+    (each norm gets the statistics of its own input, in one pass through the whole tower).
     """
-    norms = [m for m in visual.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average: the batch's own statistics
-    visual.train()
-    visual(torch.randn(batch, 3, image_size, image_size,
-                       generator=torch.Generator().manual_seed(seed)))
+    def measure(module, args):
+        x = args[0]
+        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        module.running_var.copy_(x.var(dim=(0, 2, 3), unbiased=False))
+
+    norms = [m for m in visual.modules()
+             if hasattr(m, "running_mean") and hasattr(m, "running_var")]
+    handles = [m.register_forward_pre_hook(measure) for m in norms]
+    was_training = visual.training
     visual.eval()
-    for norm in norms:
-        norm.momentum = 0.1
+    images = torch.randn(batch, 3, image_size, image_size,
+                         generator=torch.Generator().manual_seed(seed))
+    try:
+        if hasattr(visual, "forward_features"):  # our towers: run every stage (res5 included)
+            visual.forward_features(images, ("res5",))
+        else:
+            visual(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    visual.train(was_training)
     return visual
 
 
