@@ -77,7 +77,10 @@ def test_bfloat16_inference_stays_close_to_float32(tmp_path):
         bf16 = _embeddings(bf16_model, inputs)
         out = bf16_model(inputs)[0]["instances"]
     cos = torch.nn.functional.cosine_similarity(fp32, bf16, dim=1)
-    assert cos.min() > 0.98
+    assert cos.min() > 0.995, cos.min()
+    # the threshold tells boxes apart: another box's float32 embedding is further away
+    other = torch.nn.functional.cosine_similarity(fp32.roll(1, 0), bf16, dim=1)
+    assert other.max() < 0.995, other.max()
     assert out.scores.dtype == torch.float32 and torch.isfinite(out.scores).all()
 
 
