@@ -286,8 +286,9 @@ _CLIP_KEYS: List[ConfigKey] = [
         "CONCEPT_THRES",
         None,
         "Keep a region for the region-concept losses only if the teacher's largest concept "
-        "probability (softmax at temperature TEACHER_CONCEPT_TEMP, 0.01) exceeds this value (all regions when none "
-        "passes); must be set together with CONCEPT_POOL_EMB (the original fails on None).",
+        "probability (softmax at temperature TEACHER_CONCEPT_TEMP, 0.01) exceeds this value "
+        "(all regions when none passes); must be set together with CONCEPT_POOL_EMB (the "
+        "original fails on None).",
         "float in [0, 1) or None",
         _PRETRAIN,
     ),

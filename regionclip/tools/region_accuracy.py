@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from detectron2_ext.evaluation import splits_from_metadata
 
+from ..api import read_rgb_image
 from ..data.categories import clean_lvis_name
 from ..data.datasets.custom_ovd import add_register_arguments, register_from_args
 from ..modeling.roi_heads.clip_box_predictor import load_text_embeddings
@@ -175,11 +176,12 @@ def region_accuracy(rc, dataset_name: str, modes: Sequence[str] = MODES,
     classes = F.normalize(_class_embeddings(rc, class_names, text_emb, lvis), dim=1)
     scores = {m: [] for m in modes}
     for item in tqdm(regions, desc=f"classifying boxes of {dataset_name}", disable=not progress):
+        rgb = read_rgb_image(item["file_name"])  # decoded once for both modes
         for mode in modes:
             if mode == "roi":
-                emb = rc.encode_regions(item["file_name"], item["boxes"])
+                emb = rc.encode_regions(rgb, item["boxes"])
             else:
-                emb = rc.encode_crops(item["file_name"], item["boxes"], crop_resize, crop_context)
+                emb = rc.encode_crops(rgb, item["boxes"], crop_resize, crop_context)
             scores[mode].append(F.normalize(emb.float().cpu(), dim=1) @ classes.t())
     labels = torch.as_tensor(np.concatenate([r["classes"] for r in regions]))
     scores = {m: torch.cat(v) for m, v in scores.items()}
@@ -223,12 +225,13 @@ def main(argv=None):
     registered = register_from_args(args)
     if not args.dataset and len(registered) > 1:
         raise SystemExit(f"--register-coco registered {registered}: choose one with --dataset")
-    from ..api import RegionCLIP
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # the tool gives the boxes itself: no offline RPN is built or needed
     opts = list(args.opts) + ["MODEL.CLIP.CROP_REGION_TYPE", "GT",
                               "MODEL.CLIP.MULTIPLY_RPN_SCORE", "False"]
+    from ..api import RegionCLIP
+
     rc = RegionCLIP.from_config(args.config_file, opts=opts, device=device)
     dataset = args.dataset or (registered[0] if registered else None) or (
         rc.cfg.DATASETS.TEST[0] if rc.cfg.DATASETS.TEST else None)

@@ -96,19 +96,22 @@ def ovd_categories(json_file: str, novel_classes: Optional[Sequence[str]] = None
 
 
 def load_ovd_coco_json(json_file: str, image_root: str, kept: Dict[int, int],
-                       drop_empty: bool) -> List[dict]:
+                       drop_empty: bool, declared: Optional[Sequence[int]] = None) -> List[dict]:
     """detectron2 dataset dicts of a COCO json, keeping the categories in ``kept``.
 
     Args:
         kept (dict[int, int]): json category id -> contiguous id of the kept categories.
         drop_empty (bool): drop the images left without annotation.
+        declared (sequence[int] or None): the ids of all the json's categories (None: read from
+            the json; the registration passes them, so the json is parsed once per load).
 
     Raises:
         ValueError: an annotation whose category id is not among the json's categories.
     """
     from detectron2.data.datasets import load_coco_json
 
-    declared = {c["id"] for c in _read_categories(json_file)}
+    declared = set(declared if declared is not None
+                   else (c["id"] for c in _read_categories(json_file)))
     dicts = []
     for record in load_coco_json(json_file, image_root, dataset_name=None):
         annotations = []
@@ -149,6 +152,7 @@ def register_ovd_coco(name: str, json_file: str, image_root: str,
     if not os.path.isdir(image_root):
         raise FileNotFoundError(f"dataset '{name}': image folder '{image_root}' does not exist")
     cats = ovd_categories(json_file, novel_classes, absent_novel_ok=split == "base")
+    declared = [c["id"] for c in cats]
     if split != "all":
         cats = [c for c in cats if c["split"] == split]
         if not cats:
@@ -157,7 +161,8 @@ def register_ovd_coco(name: str, json_file: str, image_root: str,
     meta = coco_metadata(cats)
     kept = meta["thing_dataset_id_to_contiguous_id"]
     DatasetCatalog.register(name, lambda: load_ovd_coco_json(json_file, image_root, kept,
-                                                            drop_empty=split != "all"))
+                                                            drop_empty=split != "all",
+                                                            declared=declared))
     # the json itself serves evaluation only when nothing was removed from it; otherwise the COCO
     # evaluator converts the dataset dicts
     extra = {"json_file": json_file} if split == "all" else {}
