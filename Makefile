@@ -1,8 +1,9 @@
 # One command to install, one to test. Every target bootstraps itself on a fresh clone.
-#   make install   create .venv with torch, detectron2 and this project (editable, test extras)
+#   make install   create .venv with torch, detectron2 and this project (editable, test extras),
+#                  and the toy-world project projects/toyworld (editable)
 #   make test      install if needed, then run the test suite
 #   make toyworld  RegionCLIP end to end on a generated world (~15 min on 2 cores): results
-#                  table in docs/TOYWORLD.md, detector package in regionclip/toyworld/weights;
+#                  table in docs/TOYWORLD.md, detector package in projects/toyworld/weights;
 #                  VOCAB and IMAGES set the picture grid of stage 6 (FORCE=1 reruns everything)
 #   make demo      detect a vocabulary with the shipped toy detector (under a minute);
 #                  VOCAB="star,red circle" and IMAGES=file-or-folder are optional
@@ -25,14 +26,15 @@ IMAGES ?=
 install: $(STAMP)
 
 # Re-runs only when the dependency lists change; each step is a no-op when already satisfied.
-$(STAMP): setup.py requirements.txt tools/install_detectron2.sh
+$(STAMP): setup.py requirements.txt tools/install_detectron2.sh projects/toyworld/setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch, torchvision" 2>/dev/null \
 		&& echo "[install] torch $$($(PY) -c 'import torch; print(torch.__version__)') already installed" \
 		|| $(PY) -m pip install $(TORCH_SPEC)
 	@bash tools/install_detectron2.sh $(PY)
 	$(PY) -m pip install -e ".[test]"
-	@$(PY) -c "import regionclip; print('[install] regionclip', regionclip.__version__, 'ready')"
+	$(PY) -m pip install --no-deps -e projects/toyworld
+	@$(PY) -c "import regionclip, toyworld; print('[install] regionclip', regionclip.__version__, 'and toyworld ready')"
 	@touch $(STAMP)
 
 test: install
@@ -40,7 +42,7 @@ test: install
 
 toyworld: install
 	$(PY) tools/toyworld.py --output $(TOYWORLD_OUT) --size $(TOYWORLD_SIZE) \
-		--ship-weights regionclip/toyworld/weights --doc docs/TOYWORLD.md $(if $(FORCE),--force) \
+		--ship-weights projects/toyworld/weights --doc docs/TOYWORLD.md $(if $(FORCE),--force) \
 		$(if $(VOCAB),--vocab "$(VOCAB)") $(if $(IMAGES),--images "$(IMAGES)")
 
 demo: install

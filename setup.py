@@ -30,7 +30,6 @@ setup(
         "regionclip.clip": ["*.txt.gz", "*.json"],
         "regionclip.data": ["metadata/*.json"],
         "regionclip.data.datasets": ["metadata/*.json"],
-        "regionclip.toyworld": ["presets/*.yaml", "weights/*"],
     },
     include_package_data=True,
     install_requires=read_requirements(),

@@ -12,7 +12,7 @@ from regionclip import add_regionclip_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"),
                                                              recursive=True)
-                 if not os.path.basename(p).startswith("Base-") and "toyworld" not in p)
+                 if not os.path.basename(p).startswith("Base-"))
 COCO_RPN = os.path.join(REPO, "configs/COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x_ovd_FSD.yaml")
 LVIS_RPN = os.path.join(REPO, "configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
 

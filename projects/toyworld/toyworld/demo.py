@@ -24,8 +24,8 @@ __all__ = ["DEFAULT_PACKAGE", "ToyRegionCLIP", "load_images", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PACKAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights",
-                               "toyworld_detector.pth")
+DEFAULT_PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "weights", "toyworld_detector.pth")  # projects/toyworld/weights
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 

@@ -1,10 +1,10 @@
 """Settings of a toy-world run: world size, the small CLIP, iterations of every stage.
 
-Settings are a yacs ``CfgNode`` read from ``regionclip/toyworld/presets/<size>.yaml`` (``_BASE_``
+Settings are a yacs ``CfgNode`` read from ``projects/toyworld/presets/<size>.yaml`` (``_BASE_``
 works as in detectron2; they are not detectron2 configs, so they live outside ``configs/``, where
 every yaml is a detectron2 config). The models of stages 2-5 are described by detectron2 yamls
-named in the settings
-(``RPN.CONFIG`` ...); the pipeline writes the run's paths and the stage's ``ITERS``,
+named in the settings (``RPN.CONFIG`` ...; a relative path is relative to the project folder
+``projects/toyworld``, whose ``configs/`` hold them); the pipeline writes the run's paths and the stage's ``ITERS``,
 ``BATCH_SIZE`` and ``LR`` into them (``SOLVER.MAX_ITER``, ``SOLVER.IMS_PER_BATCH``,
 ``SOLVER.BASE_LR``) and saves the resolved config next to the stage's outputs.
 """
@@ -14,13 +14,15 @@ from detectron2.config import CfgNode as CN
 
 from regionclip.clip import CLIPConfig, TextConfig, VisualConfig
 
-__all__ = ["REPO_ROOT", "CONFIG_DIR", "PRESET_DIR", "SIZES", "get_toyworld_cfg", "load_settings",
+__all__ = ["PROJECT_ROOT", "CONFIG_DIR", "PRESET_DIR", "SIZES", "get_toyworld_cfg", "load_settings",
            "clip_config",
            "resolve_path"]
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG_DIR = os.path.join(REPO_ROOT, "configs", "toyworld")  # the stages' detectron2 yamls
-PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")  # world settings
+# The project folder (projects/toyworld): the package is installed editable from it
+# (``pip install -e projects/toyworld``), its configs' _BASE_ point to the library's configs/.
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(PROJECT_ROOT, "configs")  # the stages' detectron2 yamls
+PRESET_DIR = os.path.join(PROJECT_ROOT, "presets")  # world settings
 SIZES = ("micro", "tiny", "default")
 
 
@@ -69,14 +71,14 @@ def get_toyworld_cfg() -> CN:
                                             ("PRETRAIN", "pretrain.yaml", 300, 16, 2e-4),
                                             ("TRANSFER", "transfer.yaml", 300, 16, 2e-4)):
         node = CN()
-        node.CONFIG = os.path.join("configs", "toyworld", config)
+        node.CONFIG = os.path.join("configs", config)
         node.ITERS = iters
         node.BATCH_SIZE = batch
         node.LR = lr
         node.OPTS = []  # more KEY VALUE overrides of the stage's detectron2 config
         setattr(c, stage, node)
     c.EVAL = CN()
-    c.EVAL.CONFIG = os.path.join("configs", "toyworld", "zeroshot.yaml")
+    c.EVAL.CONFIG = os.path.join("configs", "zeroshot.yaml")
     c.EVAL.OPTS = []
     c.EVAL.BOOTSTRAP = 200  # resamples of the test images for the confidence intervals
     c.EVAL.PROMPTS = "toy"  # "toy" (caption-style), "imagenet" (the original's 81), "none"
@@ -88,8 +90,8 @@ def get_toyworld_cfg() -> CN:
 
 
 def resolve_path(path: str) -> str:
-    """A settings path: absolute as given, else relative to the repository root."""
-    return path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
+    """A settings path: absolute as given, else relative to the project folder."""
+    return path if os.path.isabs(path) else os.path.join(PROJECT_ROOT, path)
 
 
 def load_settings(size_or_file: str = "default", opts=()) -> CN:

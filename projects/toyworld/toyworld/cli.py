@@ -23,7 +23,7 @@ def _run_parser():
                                 description="RegionCLIP end to end in a generated world.")
     p.add_argument("--output", default="output/toyworld", help="output folder")
     p.add_argument("--size", default="default",
-                   help="settings: micro, tiny, default (regionclip/toyworld/presets/) or a "
+                   help="settings: micro, tiny, default (projects/toyworld/presets/) or a "
                    "yaml file")
     p.add_argument("--seed", type=int, default=None, help="overrides SEED")
     p.add_argument("--stages", default=",".join(STAGES),
@@ -31,7 +31,7 @@ def _run_parser():
     p.add_argument("--force", action="store_true", help="rerun stages whose outputs exist")
     p.add_argument("--ship-weights", default=None,
                    help="copy the detector package here (make toyworld: "
-                   "regionclip/toyworld/weights)")
+                   "projects/toyworld/weights)")
     p.add_argument("--doc", default=None, help="markdown file whose results section is rewritten")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--vocab", default="",

@@ -7,5 +7,7 @@ registration), :mod:`.settings` (presets in ``presets/``), the stages :mod:`.tra
 :mod:`.visualize` (6), :mod:`.pipeline` (resumable orchestration), :mod:`.report`,
 :mod:`.analysis`, :mod:`.ap` (AP50 with bootstrap), :mod:`.weights` (the shipped detector) and
 :mod:`.demo` (``make demo``). Command line: ``tools/toyworld.py``; documentation:
-docs/TOYWORLD.md. Nothing is imported here, so ``import regionclip`` stays light.
+docs/TOYWORLD.md. A project beside the library (``projects/toyworld``, installed editable by
+``make install``) that uses ``regionclip`` through its public modules only. Nothing is imported
+here, so ``import toyworld`` stays light.
 """

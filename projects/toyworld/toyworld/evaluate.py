@@ -1,6 +1,6 @@
 """Stage 4: zero-shot detection on the test scenes, teacher CLIP vs RegionCLIP student.
 
-``CLIPFastRCNN`` (configs/toyworld/zeroshot.yaml) with each model's weights classifies regions
+``CLIPFastRCNN`` (projects/toyworld/configs/zeroshot.yaml) with each model's weights classifies regions
 against the text embeddings of all 12 category names made by that model's own text tower
 (prompt-ensembled): ground-truth boxes (recognition only, the paper's Table 4 "GT" columns) and
 the toy RPN's proposals ("RPN" columns). AP50 on novel, base and all categories comes from

@@ -64,7 +64,7 @@ def run_pipeline(settings, out: str, stages: Optional[Iterable[str]] = None, for
         force (bool): run the selected stages even when their outputs exist.
         progress (bool): show progress bars.
         ship_to (str): also copy the detector package of stage ``demo`` to this folder (what
-            ``make toyworld`` does with ``regionclip/toyworld/weights``).
+            ``make toyworld`` does with ``projects/toyworld/weights``).
         doc (str): markdown file whose results section stage ``report`` rewrites (or None).
         command (str): the command line that made the run (written into the report).
 

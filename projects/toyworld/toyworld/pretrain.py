@@ -1,6 +1,6 @@
 """Stage 3: RegionCLIP pretraining of a student initialised from the teacher CLIP.
 
-``PretrainFastRCNN`` (configs/toyworld/pretrain.yaml) on the world's image-caption pairs: the
+``PretrainFastRCNN`` (projects/toyworld/configs/pretrain.yaml) on the world's image-caption pairs: the
 frozen toy RPN proposes regions, the frozen teacher labels them with concepts of the pool (the
 caption nouns, embedded by the teacher's text tower with prompt ensembling), and the student
 learns them with the distillation and region-concept contrastive losses plus the image-caption

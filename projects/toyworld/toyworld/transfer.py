@@ -1,7 +1,7 @@
 """Stage 5: open-vocabulary transfer, detectors fine-tuned on base boxes from teacher or student.
 
 For each initialisation (the teacher CLIP, the RegionCLIP student) a ``CLIPFastRCNN``
-(configs/toyworld/transfer.yaml) with the frozen toy RPN is fine-tuned on ``det_train`` boxes of
+(projects/toyworld/configs/transfer.yaml) with the frozen toy RPN is fine-tuned on ``det_train`` boxes of
 the 8 base categories, its classifier being the frozen text embeddings of the base names; at
 test time the classifier holds all 12 names (open-set embeddings) and AP50 is reported on novel,
 base and all categories (the paper's Table 1 at toy scale).

@@ -9,21 +9,22 @@ import numpy as np
 import pytest
 import torch
 
-from regionclip.toyworld.ap import MatchTable, bootstrap_ap50, split_ap50
-from regionclip.toyworld.captions import caption_nouns, make_caption
-from regionclip.toyworld.pipeline import MARKERS, STAGES, run_pipeline
-from regionclip.toyworld.scenes import SceneSpec, draw_scene, render_shape
-from regionclip.toyworld.settings import load_settings
-from regionclip.toyworld.vocabulary import (
+from toyworld.ap import MatchTable, bootstrap_ap50, split_ap50
+from toyworld.captions import caption_nouns, make_caption
+from toyworld.pipeline import MARKERS, STAGES, run_pipeline
+from toyworld.scenes import SceneSpec, draw_scene, render_shape
+from toyworld.settings import load_settings
+from toyworld.vocabulary import (
     BASE_SHAPES,
     NOVEL_SHAPES,
     SHAPE_SYNONYMS,
     SHAPES,
     categories,
 )
-from regionclip.toyworld.world import World, generate_world
+from toyworld.world import World, generate_world
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # projects/toyworld
+REPO = os.path.dirname(os.path.dirname(PROJECT))
 NOVEL_WORDS = {w for s in NOVEL_SHAPES for w in SHAPE_SYNONYMS[s]}
 
 
@@ -233,7 +234,7 @@ def test_every_stage_writes_its_outputs(micro_run):
     assert list(ran) == [s for s in STAGES if s != "report"]
     for stage in STAGES:
         assert os.path.isfile(os.path.join(out, MARKERS[stage])), stage
-    from regionclip.toyworld.text import load_clip
+    from toyworld.text import load_clip
 
     arch = os.path.join(out, "clip", "arch.json")
     teacher = load_clip(arch, os.path.join(out, "clip", "clip.pth"))
@@ -284,11 +285,11 @@ def test_analysis_agrees_with_the_region_accuracy_tool(micro_run):
 
     from regionclip import RegionCLIP
     from regionclip.engine.trainer import load_model_weights
-    from regionclip.toyworld.analysis import analyze
-    from regionclip.toyworld.evaluate import detector_cfg
-    from regionclip.toyworld.pipeline import stage_paths
-    from regionclip.toyworld.world import register_world
     from regionclip.tools.region_accuracy import region_accuracy
+    from toyworld.analysis import analyze
+    from toyworld.evaluate import detector_cfg
+    from toyworld.pipeline import stage_paths
+    from toyworld.world import register_world
 
     out, _ = micro_run
     settings = _micro()
@@ -312,8 +313,8 @@ def test_analysis_agrees_with_the_region_accuracy_tool(micro_run):
     for key in ("correct", "most_common_share", "any_shape_noun"):
         assert 0 <= result["teacher_pseudo_labels"][key] <= 1
     # a micro teacher predicts one name for nearly everything: compare the embeddings too
-    from regionclip.toyworld.analysis import _crop_embeddings, _roi_embeddings
-    from regionclip.toyworld.text import load_clip
+    from toyworld.analysis import _crop_embeddings, _roi_embeddings
+    from toyworld.text import load_clip
 
     clip = load_clip(paths["clip"]["arch"], paths["clip"]["weights"])
     images, gt = world.images("test")[:3], world.boxes("test_all")[:3]
@@ -369,7 +370,7 @@ def test_demo_cli_with_user_vocabulary_and_images(micro_run, tmp_path):
            "--output", str(tmp_path / "demo"), "--vocab", "red star, circle,heart",
            "--images", str(images), "--threshold", "0.0"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONPATH=REPO))
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, PROJECT])))
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.load(open(tmp_path / "demo" / "detections.json"))
     assert result["vocabulary"] == ["red star", "circle", "heart"]
@@ -395,7 +396,7 @@ def _without(args, flag):
                     reason="reruns `make toyworld` (about 13 minutes); "
                     "set REGIONCLIP_TOYWORLD_FULL=1")
 def test_committed_table_is_reproduced_by_its_command(tmp_path):
-    from regionclip.toyworld.report import MARK_BEGIN
+    from toyworld.report import MARK_BEGIN
 
     text = open(os.path.join(REPO, "docs", "TOYWORLD.md")).read().split(MARK_BEGIN)[1]
     command = re.search(r"Made by:\n\n```\n(.*?)\n```", text).group(1).split()
