@@ -1,4 +1,5 @@
-"""Pieces every stage shares: seeding, detectron2 configs of a stage, the training loop, batches."""
+"""Pieces every stage shares: seeding, detectron2 configs of a stage, training (detectron2's
+``SimpleTrainer``), batches."""
 import json
 import logging
 import math
@@ -10,10 +11,11 @@ from typing import Callable, Dict, Iterator, List, Sequence
 import numpy as np
 import torch
 from detectron2.config import get_cfg
+from detectron2.engine import HookBase, SimpleTrainer
+from detectron2.engine.hooks import LRScheduler
 from detectron2.solver import build_lr_scheduler
 from detectron2.solver.build import get_default_optimizer_params
 from detectron2.structures import Boxes, Instances
-from detectron2.utils.events import EventStorage
 
 from regionclip.config import add_regionclip_config
 
@@ -87,12 +89,71 @@ def build_adamw(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
 
 
+class _LossRecorder(torch.nn.Module):
+    """The model, recording the losses of every iteration (detectron2's ``SimpleTrainer``: "if
+    you want to do something with the losses, you can wrap the model")."""
+
+    def __init__(self, model: torch.nn.Module, desc: str, loss_fn: Callable = None):
+        super().__init__()
+        self.model = model
+        self.desc = desc
+        self.loss_fn = loss_fn
+        self.history: List[Dict[str, float]] = []
+
+    def forward(self, batch):
+        losses = self.loss_fn(self.model, batch) if self.loss_fn else self.model(batch)
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"{self.desc}: non-finite loss {losses} at iteration "
+                                     f"{len(self.history)}")
+        record = {k: float(v.detach()) for k, v in losses.items()}
+        record["total"] = float(total.detach())
+        self.history.append(record)
+        return losses
+
+
+class _ClipGradients(HookBase):
+    """``SOLVER.CLIP_GRADIENTS`` applied after the backward pass, over all trainable parameters
+    at once (``norm``: their global norm). detectron2's own clipping
+    (``maybe_add_gradient_clipping``) clips each parameter separately; the toy pipeline has always
+    clipped the global norm, so it keeps doing so."""
+
+    def __init__(self, params: List[torch.Tensor], clip):
+        self.params, self.clip = params, clip
+        if clip.CLIP_TYPE not in ("norm", "value"):
+            raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE must be 'norm' or 'value', got "
+                             f"{clip.CLIP_TYPE!r}")
+
+    def after_backward(self):
+        if self.clip.CLIP_TYPE == "norm":
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip.CLIP_VALUE)
+        else:
+            torch.nn.utils.clip_grad_value_(self.params, self.clip.CLIP_VALUE)
+
+
+class _ProgressBar(HookBase):
+    def __init__(self, recorder: _LossRecorder, total: int, desc: str, enabled: bool):
+        from tqdm import tqdm
+
+        self.recorder = recorder
+        self.bar = tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+
+    def after_step(self):
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{self.recorder.history[-1]['total']:.3f}")
+
+    def after_train(self):
+        self.bar.close()
+
+
 def train_loop(model: torch.nn.Module, cfg, batches: Iterator[List[dict]], desc: str,
                progress: bool = True, loss_fn: Callable = None) -> List[Dict[str, float]]:
-    """Train ``model`` for ``cfg.SOLVER.MAX_ITER`` iterations with AdamW and the config's schedule.
+    """Train ``model`` for ``cfg.SOLVER.MAX_ITER`` iterations with detectron2's ``SimpleTrainer``:
+    AdamW (:func:`build_adamw`), the config's LR schedule (detectron2's ``LRScheduler`` hook) and
+    gradient clipping (:class:`_ClipGradients`).
 
     Args:
-        model: a detectron2 model in training mode (returns a dict of losses).
+        model: a detectron2 model (returns a dict of losses in training mode).
         cfg: its config (``SOLVER.*``: ``BASE_LR``, ``WEIGHT_DECAY``, schedule, gradient clipping).
         batches: iterator of input lists.
         desc (str): progress-bar label.
@@ -102,38 +163,17 @@ def train_loop(model: torch.nn.Module, cfg, batches: Iterator[List[dict]], desc:
     Returns:
         list[dict]: losses of every iteration (floats), ``"total"`` included.
     """
-    from tqdm import tqdm
-
-    model.train()
     optimizer = build_adamw(cfg, model)
-    scheduler = build_lr_scheduler(cfg, optimizer)
-    params = [p for p in model.parameters() if p.requires_grad]
-    clip = cfg.SOLVER.CLIP_GRADIENTS
-    history = []
-    bar = tqdm(range(cfg.SOLVER.MAX_ITER), desc=desc, disable=not progress, leave=False)
-    with EventStorage(0) as storage:  # detectron2 models log statistics into it
-        for _ in bar:
-            _train_step(model, batches, optimizer, scheduler, params, clip, desc, history, loss_fn)
-            storage.iter += 1
-            bar.set_postfix(loss=f"{history[-1]['total']:.3f}")
-    return history
-
-
-def _train_step(model, batches, optimizer, scheduler, params, clip, desc, history, loss_fn):
-    batch = next(batches)
-    losses = loss_fn(model, batch) if loss_fn else model(batch)
-    total = sum(losses.values())
-    if not torch.isfinite(total):
-        raise FloatingPointError(f"{desc}: non-finite loss {losses} at iteration {len(history)}")
-    optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    if clip.ENABLED:
-        torch.nn.utils.clip_grad_norm_(params, clip.CLIP_VALUE)
-    optimizer.step()
-    scheduler.step()
-    record = {k: float(v.detach()) for k, v in losses.items()}
-    record["total"] = float(total.detach())
-    history.append(record)
+    recorder = _LossRecorder(model, desc, loss_fn)
+    trainer = SimpleTrainer(recorder, batches, optimizer)  # sets the model to training mode
+    hooks = [LRScheduler(optimizer, build_lr_scheduler(cfg, optimizer))]
+    if cfg.SOLVER.CLIP_GRADIENTS.ENABLED:
+        hooks.insert(0, _ClipGradients([p for p in model.parameters() if p.requires_grad],
+                                       cfg.SOLVER.CLIP_GRADIENTS))
+    hooks.append(_ProgressBar(recorder, cfg.SOLVER.MAX_ITER, desc, progress))
+    trainer.register_hooks(hooks)
+    trainer.train(0, cfg.SOLVER.MAX_ITER)
+    return recorder.history
 
 
 def detection_inputs(images: np.ndarray, boxes: List[dict], index: int, flip: bool = False,
