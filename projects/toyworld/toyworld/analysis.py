@@ -1,15 +1,17 @@
 """Why the student does (not) beat the teacher: region recognition measured three ways.
 
-For a CLIP file (teacher or student) and the test scenes' ground-truth boxes:
+For a CLIP file (teacher or student) and the test scenes' ground-truth boxes, with the zero-shot
+detector of that file (``CLIPFastRCNN``, GT regions) and the library's region classification
+(:func:`regionclip.tools.region_accuracy.region_accuracy`):
 
 * ``roi``: the region embedding RegionCLIP uses (RoIAlign on res4, then res5 and the attention
-  pool), classified among the 12 category names (top-1 accuracy, base / novel, and the share of
-  the most predicted name); ``roi_centred`` subtracts each name's mean similarity over all
-  regions first (a name that is close to every region no longer wins everywhere: what is left is
-  the per-class ranking that AP measures);
+  pool: :meth:`regionclip.RegionCLIP.encode_regions`), classified among the 12 category names
+  (top-1 accuracy, base / novel, and the share of the most predicted name); ``roi_centred``
+  subtracts each name's mean similarity over all regions first (a name that is close to every
+  region no longer wins everywhere: what is left is the per-class ranking that AP measures);
 * ``crop``: the object cropped (with 10 % context on each side), resized to the CLIP input size
-  (:func:`regionclip.api.crop_and_resize`, bicubic, as ``tools/region_accuracy.py``) and encoded
-  as a whole image (what a CLIP knows about an object seen alone);
+  (bicubic) and encoded as a whole image (:meth:`regionclip.RegionCLIP.encode_crops`: what a
+  CLIP knows about an object seen alone);
 * ``pseudo``: the teacher's pseudo label over the concept pool (argmax, as in pretraining) of the
   RPN proposals that overlap a ground-truth box (IoU >= 0.5) — is it the box's shape noun (or a
   synonym)? This is the supervision the student's region losses get.
@@ -17,21 +19,19 @@ For a CLIP file (teacher or student) and the test scenes' ground-truth boxes:
 Run it with ``python tools/toyworld.py analyze --output DIR`` after the pipeline.
 """
 import os
+import tempfile
 from typing import Dict, List
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.ops import roi_align
-
-from regionclip.api import crop_and_resize
 
 from .common import write_json
-from .text import load_clip, text_embeddings
-from .train_clip import normalize
 from .vocabulary import SHAPE_SYNONYMS
 
-__all__ = ["region_accuracy", "pseudo_label_accuracy", "analyze"]
+__all__ = ["zero_shot_detector", "region_accuracy", "pseudo_label_accuracy", "analyze"]
+
+CROP_CONTEXT = 1.2  # crops keep 10 % context on each side
 
 
 def _accuracy(pred: torch.Tensor, labels: torch.Tensor, base: List[int]) -> Dict[str, float]:
@@ -41,42 +41,38 @@ def _accuracy(pred: torch.Tensor, labels: torch.Tensor, base: List[int]) -> Dict
             "novel": float(hit[~is_base].mean())}
 
 
-@torch.no_grad()
-def _roi_embeddings(model, images: np.ndarray, boxes: torch.Tensor) -> torch.Tensor:
-    visual = model.visual
-    grid = visual.attnpool.positional_embedding.shape[0] - 1
-    res = 2 * int(round(grid ** 0.5))
-    out = []
-    for start in range(0, len(images), 64):
-        feats = visual.forward_features(normalize(images[start:start + 64]), ["res4"])["res4"]
-        sel = (boxes[:, 0] >= start) & (boxes[:, 0] < start + 64)
-        rois = boxes[sel].clone()
-        rois[:, 0] -= start
-        pooled = roi_align(feats, rois, res, 1 / 16, 0, True)
-        out.append(visual.attnpool(visual.layer4(pooled)))
-    return torch.cat(out)
+def zero_shot_detector(settings, out: str, arch: str, weights: str, text_emb: str):
+    """:class:`regionclip.RegionCLIP` of a CLIP file of the run in ``out``: the zero-shot
+    ``CLIPFastRCNN`` (``EVAL.CONFIG``) classifying given (GT) boxes against ``text_emb``."""
+    from detectron2.modeling import build_model
+
+    from regionclip import RegionCLIP
+    from regionclip.engine.trainer import load_model_weights
+
+    from .evaluate import detector_cfg
+    from .pipeline import stage_paths
+
+    cfg = detector_cfg(settings, settings.EVAL, arch, weights, stage_paths(out)["rpn"], "GT",
+                       text_emb)
+    model = build_model(cfg)
+    load_model_weights(cfg, model)
+    return RegionCLIP(cfg, model.eval())
 
 
-@torch.no_grad()
-def _crop_embeddings(model, images: np.ndarray, boxes: torch.Tensor) -> torch.Tensor:
-    size = images.shape[1]
-    x = np.stack([crop_and_resize(images[int(b)], box, size, "warp", context=1.2)
-                  for b, *box in boxes.tolist()])
-    return torch.cat([model.encode_image(normalize(x[i:i + 256])) for i in range(0, len(x), 256)])
+def region_accuracy(rc, world, text_emb: str) -> Dict[str, dict]:
+    """Top-1 accuracy of GT-box recognition (``roi`` and ``crop``) among the 12 names, by the
+    detector ``rc`` with the class embeddings in the file ``text_emb``."""
+    from regionclip.tools.region_accuracy import region_accuracy as classify_boxes
 
+    from .world import register_world
 
-def region_accuracy(arch: str, weights: str, world, prompts: str = "toy") -> Dict[str, dict]:
-    """Top-1 accuracy of GT-box recognition (``roi`` and ``crop``) among the 12 names."""
-    model = load_clip(arch, weights)
-    images, gt = world.images("test"), world.boxes("test_all")
-    boxes = torch.tensor([[i, *b] for i, g in enumerate(gt) for b in g["boxes"]],
-                         dtype=torch.float32)
-    labels = torch.tensor([int(c) for g in gt for c in g["classes"]])
-    text = F.normalize(text_embeddings(model.encode_text, world.class_names, prompts), dim=-1)
+    _, scores, labels = classify_boxes(rc, register_world(world)["test"],
+                                       crop_context=CROP_CONTEXT, text_emb=text_emb,
+                                       progress=False, return_scores=True)
     base = [world.class_names.index(c) for c in world.base_classes]
     out = {}
-    for name, fn in (("roi", _roi_embeddings), ("crop", _crop_embeddings)):
-        sim = F.normalize(fn(model, images, boxes), dim=-1) @ text.t()
+    for name in ("roi", "crop"):
+        sim = scores[name]
         pred = sim.argmax(1)
         out[name] = _accuracy(pred, labels, base)
         out[name]["most_predicted_share"] = float(torch.bincount(pred).max()) / len(pred)
@@ -86,31 +82,31 @@ def region_accuracy(arch: str, weights: str, world, prompts: str = "toy") -> Dic
 
 
 @torch.no_grad()
-def pseudo_label_accuracy(arch: str, teacher: str, world, concepts: List[str],
-                          pool: torch.Tensor, proposals: List[torch.Tensor]) -> Dict[str, float]:
-    """How often the teacher's pseudo concept of a proposal matching a GT box names its shape."""
+def pseudo_label_accuracy(rc, world, concepts: List[str], pool: torch.Tensor,
+                          proposals: List[torch.Tensor]) -> Dict[str, float]:
+    """How often the teacher's pseudo concept of a proposal matching a GT box names its shape
+    (``rc``: the teacher's detector, whose region embeddings label the proposals)."""
     from detectron2.structures import Boxes, pairwise_iou
 
-    model = load_clip(arch, teacher)
     images, gt = world.images("test"), world.boxes("test_all")
-    rows, labels = [], []
+    embeddings, labels = [], []
     for i, (props, g) in enumerate(zip(proposals, gt)):
         if len(props) == 0 or len(g["boxes"]) == 0:
             continue
         iou = pairwise_iou(Boxes(props), Boxes(torch.as_tensor(g["boxes"])))
         best, idx = iou.max(dim=1)
-        for p, ok, k in zip(props, best >= 0.5, idx):
-            if ok:
-                rows.append([i, *p.tolist()])
-                labels.append(int(g["classes"][k]))
-    emb = F.normalize(_roi_embeddings(model, images, torch.tensor(rows)), dim=-1)
+        keep = best >= 0.5
+        if keep.any():
+            embeddings.append(rc.encode_regions(images[i], props[keep].numpy()))
+            labels += [int(g["classes"][k]) for k in idx[keep]]
+    emb = F.normalize(torch.cat(embeddings).float(), dim=-1)
     picks = (emb @ F.normalize(pool, dim=-1).t()).argmax(1)
     names = world.class_names
     right = [concepts[int(p)] in SHAPE_SYNONYMS[names[c]] for p, c in zip(picks, labels)]
     is_base = [names[c] in world.base_classes for c in labels]
     shape_words = {w for ws in SHAPE_SYNONYMS.values() for w in ws}
     counts = torch.bincount(picks, minlength=len(concepts))
-    return {"regions": len(rows), "correct": float(np.mean(right)),
+    return {"regions": len(labels), "correct": float(np.mean(right)),
             "most_common": concepts[int(counts.argmax())],
             "most_common_share": float(counts.max()) / len(picks),
             "correct_base": float(np.mean([r for r, b in zip(right, is_base) if b])),
@@ -125,6 +121,7 @@ def analyze(out: str, settings) -> dict:
     from regionclip.checkpoint import RegionCLIPCheckpointer
 
     from .common import detection_inputs
+    from .evaluate import write_class_embeddings
     from .train_rpn import rpn_cfg
     from .world import World
 
@@ -132,8 +129,14 @@ def analyze(out: str, settings) -> dict:
     arch = os.path.join(out, "clip", "arch.json")
     files = {"teacher": os.path.join(out, "clip", "clip.pth"),
              "student": os.path.join(out, "pretrain", "student_clip.pth")}
-    result = {name: region_accuracy(arch, path, world, settings.EVAL.PROMPTS)
-              for name, path in files.items()}
+    result, detectors = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, path in files.items():
+            emb = write_class_embeddings(arch, path, world.class_names,
+                                         os.path.join(tmp, f"{name}_class_emb.pth"),
+                                         settings.EVAL.PROMPTS)
+            detectors[name] = zero_shot_detector(settings, out, arch, path, emb)
+            result[name] = region_accuracy(detectors[name], world, emb)
     rpn = build_model(rpn_cfg(settings, arch))
     RegionCLIPCheckpointer(rpn).load(os.path.join(out, "rpn", "model_final.pth"))
     rpn.eval()
@@ -144,7 +147,7 @@ def analyze(out: str, settings) -> dict:
     with open(os.path.join(out, "pretrain", "concepts.txt")) as f:
         concepts = [line.strip() for line in f if line.strip()]
     pool = torch.load(os.path.join(out, "pretrain", "concept_emb.pth"))
-    result["teacher_pseudo_labels"] = pseudo_label_accuracy(arch, files["teacher"], world,
+    result["teacher_pseudo_labels"] = pseudo_label_accuracy(detectors["teacher"], world,
                                                             concepts, pool, proposals)
     write_json(os.path.join(out, "analysis.json"), result)
     return result
