@@ -9,26 +9,27 @@ deterministic for a given seed. Layout::
       coco_<split>.json              # COCO instances json (file_name relative to out_dir/<split>)
       lvis_<split>.json              # LVIS json (coco_url ".../<split>/<file>", image root out_dir)
 
-Each category has a shape, a colour, an open-vocabulary ``split`` (``"base"``/``"novel"``) and an
+Shapes and colours are the library's drawing primitives (:mod:`regionclip.data.shapes`). Each
+category has a shape, a colour, an open-vocabulary ``split`` (``"base"``/``"novel"``) and an
 LVIS ``frequency``; novel classes are rare (``"r"``), so the LVIS protocol (novel = rare) and the
 COCO protocol give the same split. :func:`register_synthetic_dataset` registers the result in
 detectron2's catalogs with the same metadata fields as the real datasets.
 """
 import json
-import math
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from . import shapes
+
+# Default shapes and colours of the categories (any hole-free shape and any colour of
+# :mod:`regionclip.data.shapes` can be asked for).
 SHAPES = ("rectangle", "ellipse", "triangle", "diamond", "pentagon", "hexagon")
-COLORS = {
-    "red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 80, 215),
-    "yellow": (225, 195, 35), "purple": (140, 55, 170), "cyan": (35, 185, 195),
-}
-_ELLIPSE_POINTS = 24
+COLORS = shapes.palette(("red", "green", "blue", "yellow", "purple", "cyan"))
 _PLACEMENT_ATTEMPTS = 30
+_POLYGON_SHAPES = tuple(s for s in shapes.SHAPES if not shapes.has_holes(s))
 
 
 @dataclass
@@ -94,14 +95,15 @@ def _complete_categories(categories):
         if "name" not in spec:
             raise ValueError(f"Category spec {spec} needs a 'name'")
         shape = spec.get("shape", SHAPES[i % len(SHAPES)])
-        if shape not in SHAPES:
-            raise ValueError(f"Category {spec['name']!r}: unknown shape {shape!r}; use {SHAPES}")
+        if shape not in _POLYGON_SHAPES:
+            raise ValueError(f"Category {spec['name']!r}: unknown shape {shape!r}; use one of "
+                             f"{_POLYGON_SHAPES} (shapes without holes)")
         color = spec.get("color", list(COLORS)[i % len(COLORS)])
         if isinstance(color, str):
-            if color not in COLORS:
+            if color not in shapes.COLOURS:
                 raise ValueError(f"Category {spec['name']!r}: unknown colour {color!r}; use "
-                                 f"{list(COLORS)} or an RGB triple")
-            color = COLORS[color]
+                                 f"{list(shapes.COLOURS)} or an RGB triple")
+            color = shapes.COLOURS[color]
         split = spec.get("split", "base")
         if split not in ("base", "novel"):
             raise ValueError(f"Category {spec['name']!r}: split must be 'base' or 'novel'")
@@ -123,30 +125,17 @@ def shape_polygon(shape, x0, y0, w, h):
     """Return the outline of a shape inscribed in a box as a flat ``[x1, y1, x2, y2, ...]`` list.
 
     Args:
-        shape (str): one of :data:`SHAPES`.
+        shape (str): a shape of :mod:`regionclip.data.shapes` without holes.
         x0, y0, w, h (float): the box (XYWH).
 
     Returns:
-        list[float]: polygon vertices whose bounding box is the given box.
+        list[float]: polygon vertices (rounded to 0.01) whose bounding box is the given box.
     """
-    x1, y1, cx, cy = x0 + w, y0 + h, x0 + w / 2, y0 + h / 2
-    if shape == "rectangle":
-        pts = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
-    elif shape == "triangle":
-        pts = [(cx, y0), (x1, y1), (x0, y1)]
-    elif shape == "diamond":
-        pts = [(cx, y0), (x1, cy), (cx, y1), (x0, cy)]
-    elif shape in ("ellipse", "pentagon", "hexagon"):
-        n = {"ellipse": _ELLIPSE_POINTS, "pentagon": 5, "hexagon": 6}[shape]
-        unit = [(math.cos(2 * math.pi * k / n - math.pi / 2),
-                 math.sin(2 * math.pi * k / n - math.pi / 2)) for k in range(n)]
-        xs, ys = [u[0] for u in unit], [u[1] for u in unit]
-        # stretch the unit polygon to touch all four sides of the box
-        pts = [(x0 + (ux - min(xs)) / (max(xs) - min(xs)) * w,
-                y0 + (uy - min(ys)) / (max(ys) - min(ys)) * h) for ux, uy in unit]
-    else:
-        raise ValueError(f"Unknown shape {shape!r}; expected one of {SHAPES}")
-    return [round(float(v), 2) for p in pts for v in p]
+    if shape not in _POLYGON_SHAPES:
+        raise ValueError(f"Unknown shape {shape!r}; expected one of {_POLYGON_SHAPES} (shapes "
+                         "without holes)")
+    (outline,) = shapes.shape_in_box(shape, x0, y0, w, h)
+    return [round(float(v), 2) for p in outline for v in p]
 
 
 def _polygon_area(poly):

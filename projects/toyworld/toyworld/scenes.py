@@ -4,7 +4,8 @@ A scene is an RGB image with several objects (a shape of :data:`~.vocabulary.SHA
 a colour and a texture, rotated, of varied size, possibly overlapping an earlier one), a
 background kind (grass, sand, sky, wood, paper) and clutter (thin scribbles and specks that are
 no objects). Every object gets a tight box from its own rendered mask. Everything is a function
-of the ``numpy.random.Generator`` passed in.
+of the ``numpy.random.Generator`` passed in. The shapes' outlines and masks are the library's
+drawing primitives (:mod:`regionclip.data.shapes`, also used by its synthetic datasets).
 """
 import math
 from dataclasses import dataclass, field
@@ -13,11 +14,12 @@ from typing import List, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from regionclip.data.shapes import render_shape, shape_outline
+
 from .vocabulary import BACKGROUNDS, COLOURS, SHAPES, TEXTURES
 
 __all__ = ["SceneSpec", "Scene", "shape_outline", "render_shape", "draw_background", "draw_scene"]
 
-_SUPERSAMPLE = 4
 # Rotation range (degrees) of a shape; squares and diamonds turn little so they stay distinct.
 _MAX_ROTATION = {"square": 12.0, "diamond": 12.0}
 
@@ -58,92 +60,6 @@ class Scene:
     image: np.ndarray
     background: str
     objects: List[dict] = field(default_factory=list)
-
-
-def _regular(n: int, radius: float = 1.0, offset: float = -math.pi / 2):
-    return [(radius * math.cos(offset + 2 * math.pi * k / n),
-             radius * math.sin(offset + 2 * math.pi * k / n)) for k in range(n)]
-
-
-def _heart(n: int = 40):
-    pts = []
-    for k in range(n):
-        t = 2 * math.pi * k / n
-        pts.append((16 * math.sin(t) ** 3 / 16.0,
-                    -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t)
-                      - math.cos(4 * t)) / 16.0))
-    return pts
-
-
-def shape_outline(shape: str) -> List[List[Tuple[float, float]]]:
-    """Polygons of a shape in unit coordinates (y down): the first is filled, others are holes.
-
-    Args:
-        shape (str): one of :data:`~.vocabulary.SHAPES`.
-
-    Returns:
-        list[list[tuple[float, float]]]: filled outline followed by hole outlines.
-    """
-    if shape == "circle":
-        return [_regular(48)]
-    if shape == "square":
-        return [[(-1, -1), (1, -1), (1, 1), (-1, 1)]]
-    if shape == "triangle":
-        return [[(0, -1), (1, 0.8), (-1, 0.8)]]
-    if shape == "cross":
-        a = 0.32
-        return [[(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a),
-                 (-1, a), (-1, -a), (-a, -a)]]
-    if shape == "diamond":
-        return [[(0, -1), (0.62, 0), (0, 1), (-0.62, 0)]]
-    if shape == "hexagon":
-        return [_regular(6, offset=0.0)]
-    if shape == "arrow":
-        return [[(-1, -0.2), (0.15, -0.2), (0.15, -0.62), (1, 0), (0.15, 0.62), (0.15, 0.2),
-                 (-1, 0.2)]]
-    if shape == "ring":
-        return [_regular(48), _regular(48, 0.55)]
-    if shape == "star":
-        return [[p for k in range(5) for p in (_regular(5)[k], _regular(5, 0.42, -math.pi / 2
-                                                                          + math.pi / 5)[k])]]
-    if shape == "heart":
-        return [_heart()]
-    if shape == "crescent":
-        outer = _regular(48)
-        inner = [(x * 0.82 + 0.42, y * 0.82 - 0.12) for x, y in _regular(48)]
-        return [outer, inner]
-    if shape == "bolt":
-        return [[(0.2, -1), (-0.6, 0.15), (-0.05, 0.15), (-0.3, 1), (0.65, -0.25), (0.1, -0.25),
-                 (0.45, -1)]]
-    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
-
-
-def render_shape(shape: str, width: int, height: int, angle: float) -> np.ndarray:
-    """Anti-aliased mask of a rotated shape scaled to fill a ``width`` x ``height`` box.
-
-    Args:
-        shape (str): shape name.
-        width, height (int): box size in pixels.
-        angle (float): rotation in degrees (counter-clockwise).
-
-    Returns:
-        ndarray: (height, width) float32 coverage in [0, 1].
-    """
-    polys = shape_outline(shape)
-    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-    rotated = [[(x * c + y * s, -x * s + y * c) for x, y in poly] for poly in polys]
-    xs = [x for x, _ in rotated[0]]
-    ys = [y for _, y in rotated[0]]
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    big_w, big_h = width * _SUPERSAMPLE, height * _SUPERSAMPLE
-    canvas = Image.new("L", (big_w, big_h), 0)
-    draw = ImageDraw.Draw(canvas)
-    for k, poly in enumerate(rotated):
-        pts = [((x - x0) / (x1 - x0) * (big_w - 1), (y - y0) / (y1 - y0) * (big_h - 1))
-               for x, y in poly]
-        draw.polygon(pts, fill=255 if k == 0 else 0)
-    small = canvas.resize((width, height), Image.BOX)
-    return np.asarray(small, dtype=np.float32) / 255.0
 
 
 def _texture(rng, texture: str, colour: np.ndarray, height: int, width: int) -> np.ndarray:

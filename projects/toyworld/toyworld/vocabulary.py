@@ -11,6 +11,8 @@ world knows its own grammar, so no parser is needed (the original parsed COCO ca
 """
 from typing import Dict, List, Tuple
 
+from regionclip.data.shapes import palette
+
 __all__ = [
     "SHAPES", "BASE_SHAPES", "NOVEL_SHAPES", "SHAPE_SYNONYMS", "COLOURS", "COLOUR_WORDS",
     "TEXTURES", "TEXTURE_WORDS", "BACKGROUNDS", "GENERIC_NOUNS", "NOUN_LEMMAS", "PLURALS",
@@ -39,12 +41,10 @@ SHAPE_SYNONYMS: Dict[str, Tuple[str, ...]] = {
     "bolt": ("bolt", "lightning"),
 }
 
-# Colour name -> RGB of the paint (objects jitter around it) and the words captions use.
-COLOURS: Dict[str, Tuple[int, int, int]] = {
-    "red": (214, 39, 40), "orange": (245, 130, 32), "yellow": (240, 210, 40),
-    "green": (44, 160, 44), "blue": (31, 90, 220), "purple": (140, 60, 180),
-    "pink": (240, 120, 190), "black": (30, 30, 30),
-}
+# Colour name -> RGB of the paint (objects jitter around it; the library's palette) and the
+# words captions use.
+COLOURS: Dict[str, Tuple[int, int, int]] = palette(("red", "orange", "yellow", "green", "blue",
+                                                    "purple", "pink", "black"))
 COLOUR_WORDS: Dict[str, Tuple[str, ...]] = {
     "red": ("red",), "orange": ("orange",), "yellow": ("yellow",), "green": ("green",),
     "blue": ("blue",), "purple": ("purple", "violet"), "pink": ("pink",),
