@@ -248,6 +248,14 @@ def test_every_stage_writes_its_outputs(micro_run):
     assert pool.shape == (pre["concepts"], 32)
     numbers = _numbers(out)
     assert len(numbers) == 18 and all(v is None or 0 <= v <= 100 for v in numbers.values())
+    # the bootstrap's own AP50 on all test images is the split evaluator's
+    report = json.load(open(os.path.join(out, "report.json")))
+    results = [r for m in report["zeroshot"].values() for r in m.values()]
+    results += list(report["transfer"].values())
+    for res in results:
+        for split in ("novel", "base", "all"):
+            ours, coco = res["bootstrap"][split]["ap50"], res["coco"][f"AP50_{split}"]
+            assert (ours is None and coco is None) or ours == pytest.approx(coco, abs=1e-6)
     demo = json.load(open(os.path.join(out, "demo", "detections.json")))
     assert len(demo["images"]) == 2 and set(NOVEL_SHAPES) <= set(demo["vocabulary"])
     package = os.path.join(out, "demo", "toyworld_detector.pth")

@@ -1,11 +1,16 @@
 """COCO-style box AP50 per class split, with bootstrap confidence intervals over test images.
 
-The headline numbers of the toy world come from detectron2's COCO evaluation
-(:class:`detectron2_ext.evaluation.COCOSplitEvaluator`). This module recomputes AP50 the same
-way (per image and class: detections by score, at most ``max_dets``, greedily matched to the
-unmatched ground truth of highest IoU >= 0.5; precision made monotone and read at COCO's 101
-recall points) from per-image match tables, so that resampling test images with replacement
-(a bootstrap) costs no new matching. ``tests/test_toyworld.py`` checks it against pycocotools.
+The headline numbers of the toy world come from the library's split evaluator
+(:class:`detectron2_ext.evaluation.COCOSplitEvaluator`). Only their spread comes from here: a
+bootstrap re-evaluates every split's AP50 on 200 resamples of the test images, and the evaluator
+(pycocotools at 10 IoU thresholds and 4 areas) takes about 0.5 s per evaluation of 300 images,
+i.e. ~100 s per model and ~10 minutes per ``make toyworld``, against ~1.5 s here. This module
+recomputes AP50 the same way (per image and class: detections by score, at most ``max_dets``,
+greedily matched to the unmatched ground truth of highest IoU >= 0.5; precision made monotone
+and read at COCO's 101 recall points) from per-image match tables, so that resampling test
+images with replacement (a bootstrap) costs no new matching.
+``projects/toyworld/tests/test_toyworld.py`` checks it against pycocotools and against the
+evaluator's AP50 of every stage.
 """
 from typing import Dict, List, Sequence
 
