@@ -1,0 +1,130 @@
+"""The library is a package of its own: built as a wheel and installed (not editable), it imports
+and runs ``RegionCLIP`` without the checkout; nothing in it refers to the toy-world project."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import pytest
+from detectron2.config import get_cfg
+
+from regionclip.config import add_regionclip_config, load_config
+from tiny_detector import CUSTOM, tiny_detector_opts, write_tiny_rpn_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LIBRARY = ("regionclip", "detectron2_ext")  # the packages of setup.py
+
+
+def _files_mentioning(root, word):
+    """Text files under ``root`` whose content or path contains ``word`` (case-insensitive)."""
+    hits = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                if word.encode() in f.read().lower() or word in path.lower():
+                    hits.append(os.path.relpath(path, root))
+    return hits
+
+
+def test_the_library_does_not_mention_the_toy_world(tmp_path):
+    for package in LIBRARY:
+        assert _files_mentioning(os.path.join(REPO, package), "toyworld") == [], package
+    # the search finds the word in a file's content and in a path (negative controls)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.py").write_text("from TOYWORLD import scenes\n")
+    (tmp_path / "toyworld_b.json").write_text("{}")
+    assert sorted(_files_mentioning(str(tmp_path), "toyworld")) == ["a/x.py", "toyworld_b.json"]
+
+
+def _write_standalone_configs(folder):
+    """A tiny random detector (tiny CLIP, random R18-FPN offline RPN) as two complete yamls with
+    no ``_BASE_``, so that nothing of the checkout is read to load them."""
+    opts, weights = tiny_detector_opts(folder)
+    rpn = get_cfg()
+    add_regionclip_config(rpn)
+    rpn.merge_from_file(write_tiny_rpn_config(folder))
+    rpn_yaml = os.path.join(folder, "rpn.yaml")
+    with open(rpn_yaml, "w") as f:
+        f.write(rpn.dump())
+    cfg = load_config(CUSTOM, opts + ["MODEL.CLIP.OFFLINE_RPN_CONFIG", rpn_yaml,
+                                      "MODEL.WEIGHTS", weights,
+                                      "MODEL.CLIP.TEXT_EMB_PATH", "",
+                                      "MODEL.CLIP.OPENSET_TEST_TEXT_EMB_PATH", "",
+                                      "MODEL.CLIP.BB_RPN_WEIGHTS", ""])
+    detector_yaml = os.path.join(folder, "detector.yaml")
+    with open(detector_yaml, "w") as f:
+        f.write(cfg.dump())
+    return detector_yaml
+
+
+# Runs in a fresh interpreter whose working directory is a temp folder: the wheel's regionclip
+# detects a vocabulary on a scene that the wheel's synthetic-data generator draws.
+_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    site, config = sys.argv[1], sys.argv[2]
+    import regionclip
+    from regionclip import RegionCLIP
+    from regionclip.data.synthetic import make_synthetic_coco
+
+    data = make_synthetic_coco("scenes", num_images=1, image_size=(96, 128), seed=3)
+    image = os.path.join(data.image_root, "000000000001.png")
+    rc = RegionCLIP.from_config(config)
+    detections = rc.detect(image, ["red rectangle", "blue ellipse", "green triangle"],
+                           score_threshold=0.0)
+    loaded = {name: getattr(module, "__file__", None) or "" for name, module in sys.modules.items()
+              if name.split(".")[0] in ("regionclip", "detectron2_ext")}
+    print(json.dumps({"file": regionclip.__file__, "loaded": loaded, "detections": detections,
+                      "text_encoder": rc.text_encoder_loaded}))
+""")
+
+
+def test_wheel_installs_and_runs_regionclip_without_the_checkout(tmp_path):
+    # build from a copy of the files setup.py packages, so that the build writes no build/ or
+    # egg-info folders into the checkout
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("setup.py", "README.md", "requirements.txt"):
+        shutil.copy(os.path.join(REPO, name), src / name)
+    for package in LIBRARY:
+        shutil.copytree(os.path.join(REPO, package), src / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
+    env.pop("PYTHONPATH", None)
+    pip = [sys.executable, "-m", "pip", "-q"]
+    subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
+                          str(src)], check=True, env=env, cwd=str(tmp_path), capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("regionclip-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "regionclip/clip/bpe_simple_vocab_16e6.txt.gz" in names  # package data is in it
+    assert any(n.startswith("detectron2_ext/") for n in names)
+    assert not [n for n in names if "toyworld" in n or n.startswith(("tests/", "projects/"))]
+
+    site = tmp_path / "site"
+    subprocess.run(pip + ["install", "--no-deps", "--target", str(site), str(wheel)], check=True,
+                   env=env, cwd=str(tmp_path), capture_output=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    config = _write_standalone_configs(str(work))
+    assert REPO not in open(config).read() and "_BASE_" not in open(config).read()
+    # the installed copy comes first on the path, before the editable install of the checkout
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(site), config], cwd=str(work),
+                          env=dict(env, PYTHONPATH=str(site)), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = __import__("json").loads(proc.stdout.strip().splitlines()[-1])
+    assert result["file"] == str(site / "regionclip" / "__init__.py")
+    outside = {k: v for k, v in result["loaded"].items() if not v.startswith(str(site))}
+    assert result["loaded"] and not outside, outside  # no module of the checkout was imported
+    assert result["text_encoder"]
+    detections = result["detections"]
+    assert detections, "a random detector with threshold 0 returns boxes"
+    for det in detections:
+        x0, y0, x1, y1 = det["box"]
+        assert 0 <= x0 <= x1 <= 128 and 0 <= y0 <= y1 <= 96
+        assert det["label"] in ("red rectangle", "blue ellipse", "green triangle")
+    scores = [d["score"] for d in detections]
+    assert scores == sorted(scores, reverse=True)
