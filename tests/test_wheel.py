@@ -126,5 +126,4 @@ def test_wheel_installs_and_runs_regionclip_without_the_checkout(tmp_path):
         x0, y0, x1, y1 = det["box"]
         assert 0 <= x0 <= x1 <= 128 and 0 <= y0 <= y1 <= 96
         assert det["label"] in ("red rectangle", "blue ellipse", "green triangle")
-    scores = [d["score"] for d in detections]
-    assert scores == sorted(scores, reverse=True)
+        assert 0 <= det["score"] <= 1
