@@ -194,20 +194,22 @@ class RegionCLIP:
 
     @torch.no_grad()
     def encode_regions(self, image: ImageLike, boxes) -> torch.Tensor:
-        """Un-normalised region embeddings (N, D) of XYXY ``boxes`` given in ``image`` pixels.
+        """Un-normalised float32 region embeddings (N, D) of XYXY ``boxes`` given in ``image``
+        pixels, on the model's device.
 
         The config's test-time resize (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``) applies.
         """
         inputs = self._prepare(image, boxes)
         model = self.model
         images = model.preprocess_image([inputs])
-        features = model.backbone(images.tensor)
         heads = model.roi_heads
         boxes = inputs["instances"].gt_boxes.to(self.device)
-        emb, _ = region_embeddings(heads.pooler, [features[f] for f in heads.in_features], [boxes],
-                                   model.backbone.layer4, model.backbone.attnpool,
-                                   heads.inference_chunk_size)
-        return emb
+        with model._compute_precision():  # MODEL.CLIP.INFERENCE_DTYPE, as in detect()
+            features = model.backbone(images.tensor)
+            emb, _ = region_embeddings(heads.pooler, [features[f] for f in heads.in_features],
+                                       [boxes], model.backbone.layer4, model.backbone.attnpool,
+                                       heads.inference_chunk_size)
+        return emb.float()
 
     @torch.no_grad()
     def encode_crops(self, image: ImageLike, boxes, resize: str = "warp", context: float = 1.0,
@@ -246,7 +248,9 @@ class RegionCLIP:
                 c[:, :, ::-1] if self.cfg.INPUT.FORMAT == "BGR" else c).transpose(2, 0, 1))}
                 for c in crops[start:start + batch_size]]
             x = self.model.preprocess_image(batch).tensor
-            out.append(backbone.attnpool(backbone.forward_features(x, ("res5",))["res5"]).float())
+            with self.model._compute_precision():
+                res5 = backbone.forward_features(x, ("res5",))["res5"]
+                out.append(backbone.attnpool(res5).float())
         return torch.cat(out)
 
     @torch.no_grad()

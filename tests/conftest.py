@@ -9,13 +9,13 @@ float32 on the GPU is compared with the CPU at float32 accuracy (``tolerance``).
 import pytest
 import torch
 
-_NO_CUDA = (f"CUDA is not available (torch {torch.__version__}, built with CUDA "
+NO_CUDA = (f"CUDA is not available (torch {torch.__version__}, built with CUDA "
             f"{torch.version.cuda}): the cuda case runs on a GPU machine (make test-gpu)")
 
 DEVICES = [
     "cpu",
     pytest.param("cuda", marks=[pytest.mark.gpu,
-                                pytest.mark.skipif(not torch.cuda.is_available(), reason=_NO_CUDA)],
+                                pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)],
                  id="cuda"),
 ]
 
