@@ -31,7 +31,8 @@ from regionclip.config import load_config
 from regionclip.engine import Trainer
 from test_pretrain_model import DIM, PRETRAIN_YAML, TEACHER_DIM, _arch_json
 
-TRANSFER_CFG = os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd.yaml")
+TRANSFER_CFG = os.path.join(REPO,
+                            "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd.yaml")
 VOCAB = ["red square", "blue circle", "cat"]
 CUDA_ONLY = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)]
 
@@ -139,11 +140,12 @@ def test_lower_precision_inference_on_device(tiny_files, device, dtype):
     low = _detector(tiny_files, device, "MODEL.CLIP.INFERENCE_DTYPE", dtype)
     low.model.load_state_dict(full.model.state_dict())
     boxes = [[4, 4, 60, 50], [50, 30, 120, 90], [0, 0, 128, 96]]
-    a, b = full.encode_regions(tiny_files["image"], boxes), low.encode_regions(tiny_files["image"], boxes)
+    image = tiny_files["image"]
+    a, b = full.encode_regions(image, boxes), low.encode_regions(image, boxes)
     cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
     assert cos.min() > 0.99, cos
     assert not torch.equal(a, b)
-    dets = low.detect(tiny_files["image"], VOCAB)
+    dets = low.detect(image, VOCAB)
     assert dets and all(np.isfinite(d["score"]) for d in dets)
 
 
@@ -151,7 +153,7 @@ def test_unsupported_autocast_dtype_is_an_error_not_float32(tiny_files, monkeypa
     """Where torch cannot autocast to the dtype (it warns and disables autocast, e.g. float16 on
     the CPU of older torch), inference fails with the key named instead of silently running
     float32."""
-    with pytest.raises(ValueError, match="KEY: torch .* does not support autocast to torch.float64"):
+    with pytest.raises(ValueError, match="KEY: torch .* not support autocast to torch.float64"):
         checked_autocast("cpu", torch.float64, "KEY")
     assert checked_autocast("cpu", torch.bfloat16, "KEY").fast_dtype == torch.bfloat16
     rc = _detector(tiny_files, "cpu", "MODEL.CLIP.INFERENCE_DTYPE", "float16")
@@ -266,7 +268,8 @@ def test_mixed_precision_is_refused_off_cuda(ovd, tmp_path, monkeypatch):
     monkeypatch.chdir(ovd["root"])
     built = []
     monkeypatch.setattr(Trainer, "build_model", classmethod(lambda cls, cfg: built.append(cfg)))
-    for cfg in (_transfer_cfg(ovd, tmp_path, "cpu", amp=True), _pretrain_cfg(tmp_path, "cpu", True)):
+    for cfg in (_transfer_cfg(ovd, tmp_path, "cpu", amp=True),
+                _pretrain_cfg(tmp_path, "cpu", amp=True)):
         with pytest.raises(ValueError, match=r"SOLVER.AMP.ENABLED True needs a CUDA device, but "
                                              r"MODEL.DEVICE is 'cpu'.*SOLVER.AMP.ENABLED False"):
             Trainer(cfg)
@@ -374,7 +377,8 @@ def test_two_gpus_train_through_the_cli_with_nccl_one_gpu_each(ovd, tmp_path):
     cfg_opts = [v for v in ovd_world.SMALL]
     cfg_opts[cfg_opts.index("MODEL.DEVICE") + 1] = "cuda"
     cmd = [sys.executable, os.path.join(REPO, "tools/train_net.py"), "--config-file", TRANSFER_CFG,
-           "--num-gpus", "2", "--dist-url", rendezvous_url(str(tmp_path))] + cfg_opts + TINY_OPTS + [
+           "--num-gpus", "2", "--dist-url", rendezvous_url(str(tmp_path))] + cfg_opts + [
+        *TINY_OPTS,
         "MODEL.CLIP.ARCH", ovd["arch"], "MODEL.WEIGHTS", ovd["weights"],
         "MODEL.CLIP.CROP_REGION_TYPE", "GT", "MODEL.ROI_HEADS.NUM_CLASSES", str(len(BASE)),
         "MODEL.CLIP.TEXT_EMB_PATH", ovd["base"], "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "2",
@@ -388,3 +392,64 @@ def test_two_gpus_train_through_the_cli_with_nccl_one_gpu_each(ovd, tmp_path):
         (tmp_path / "log.txt").read_text()
     assert "Process rank 1 of 2 computes on cuda:1 (process group: nccl)" in \
         (tmp_path / "log.txt.rank1").read_text()
+
+
+# ----------------------------------------------------------------- make test-gpu
+
+
+def _gpu_check():
+    import importlib.util
+
+    path = os.path.join(REPO, "tools/gpu_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_test_gpu_without_a_gpu_says_so_and_fails(tmp_path):
+    """The real make target (its install step satisfied by a fresh stamp) with no visible GPU."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    (venv / ".regionclip-installed").touch()  # newer than setup.py: install is a no-op
+    report = tmp_path / "report.md"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=REPO)
+    proc = subprocess.run(["make", "-s", "test-gpu", f"VENV={venv}", f"GPU_REPORT={report}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "[test-gpu] No GPU is present: torch.cuda.is_available() is False" in proc.stderr
+    assert "make test-gpu needs a machine with an NVIDIA GPU" in proc.stderr
+    assert not report.exists()
+
+
+@pytest.mark.parametrize("test_status", [0, 1])
+def test_gpu_check_runs_the_gpu_tests_and_benchmark_into_a_report(tmp_path, monkeypatch,
+                                                                 test_status):
+    """With a (pretended) GPU: ``pytest -m gpu`` and the benchmark on cuda run, the report holds
+    both, and a failing test fails the check."""
+    gpu_check = _gpu_check()
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        if "pytest" in cmd:
+            return subprocess.CompletedProcess(cmd, test_status, "27 passed, 1 skipped\n", "")
+        return subprocess.CompletedProcess(cmd, 0, "noise\ndevice: Fake GPU\n\n| case | regions |\n"
+                                                   "|---|---|\n| zeroshot_100_fp16 | 100 |\n", "")
+
+    monkeypatch.setattr(gpu_check, "gpu_description", lambda: (True, ["cuda:0: Fake GPU"]))
+    monkeypatch.setattr(gpu_check.subprocess, "run", fake_run)
+    report = tmp_path / "r" / "report.md"
+    status = gpu_check.main(["--report", str(report), "--json", str(tmp_path / "b.json")])
+    assert status == test_status
+    tests, bench = calls
+    assert tests[1:] == ["-m", "pytest", "-m", "gpu", "-rs", "-q", "-p", "no:cacheprovider"]
+    assert bench[1].endswith("benchmark.py") and bench[2:4] == ["--device", "cuda"]
+    assert "--regions 100 300 1000" in " ".join(bench) and "float32 float16" in " ".join(bench)
+    text = report.read_text()
+    assert "- cuda:0: Fake GPU" in text and "27 passed, 1 skipped" in text
+    assert "| zeroshot_100_fp16 | 100 |" in text and "noise" not in text
+    assert text.rstrip().endswith("Overall: PASSED." if test_status == 0 else "Overall: FAILED.")
