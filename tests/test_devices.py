@@ -10,6 +10,7 @@ CUDA asked for without a GPU, or mixed precision without CUDA, refused with the 
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -433,19 +434,20 @@ def test_gpu_check_runs_the_gpu_tests_and_benchmark_into_a_report(tmp_path, monk
     gpu_check = _gpu_check()
     calls = []
 
-    def fake_run(cmd, **kwargs):
-        calls.append(cmd)
+    def fake_run(cmd, timeout):
+        calls.append((cmd, timeout))
         if "pytest" in cmd:
-            return subprocess.CompletedProcess(cmd, test_status, "27 passed, 1 skipped\n", "")
-        return subprocess.CompletedProcess(cmd, 0, "noise\ndevice: Fake GPU\n\n| case | regions |\n"
-                                                   "|---|---|\n| zeroshot_100_fp16 | 100 |\n", "")
+            return test_status, "27 passed, 1 skipped\n", 100.0
+        return 0, ("noise\ndevice: Fake GPU\n\n| case | regions |\n|---|---|\n"
+                   "| zeroshot_100_fp16 | 100 |\n"), 120.0
 
     monkeypatch.setattr(gpu_check, "gpu_description", lambda: (True, ["cuda:0: Fake GPU"]))
-    monkeypatch.setattr(gpu_check.subprocess, "run", fake_run)
+    monkeypatch.setattr(gpu_check, "_run", fake_run)
     report = tmp_path / "r" / "report.md"
     status = gpu_check.main(["--report", str(report), "--json", str(tmp_path / "b.json")])
     assert status == test_status
-    tests, bench = calls
+    (tests, test_limit), (bench, bench_limit) = calls
+    assert test_limit == 150 and bench_limit == 290 - 100  # the whole check within 5 minutes
     assert tests[1:] == ["-m", "pytest", "-m", "gpu", "-rs", "-q", "-p", "no:cacheprovider"]
     assert bench[1].endswith("benchmark.py") and bench[2:4] == ["--device", "cuda"]
     assert "--regions 100 300 1000" in " ".join(bench) and "float32 float16" in " ".join(bench)
@@ -453,3 +455,13 @@ def test_gpu_check_runs_the_gpu_tests_and_benchmark_into_a_report(tmp_path, monk
     assert "- cuda:0: Fake GPU" in text and "27 passed, 1 skipped" in text
     assert "| zeroshot_100_fp16 | 100 |" in text and "noise" not in text
     assert text.rstrip().endswith("Overall: PASSED." if test_status == 0 else "Overall: FAILED.")
+
+
+def test_gpu_check_stage_out_of_time_is_killed_with_its_children():
+    """A stage over its time limit ends at once, the processes it started too (a surviving child
+    would hold the output pipe open until it ends: 30 s here)."""
+    start = time.perf_counter()
+    status, output, _ = _gpu_check()._run(["sh", "-c", "echo started; sleep 30; echo never"], 1)
+    assert time.perf_counter() - start < 10
+    assert status is None and "started" in output and "never" not in output
+    assert "[timed out after 1 s]" in output
