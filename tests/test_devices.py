@@ -2,8 +2,8 @@
 the config (``MODEL.DEVICE``) and never from a hard-coded choice.
 
 The ``cuda`` cases (marker ``gpu``) are skipped without CUDA; on a CPU machine the config is
-shown to decide by (a) a machine that pretends to have a GPU (``torch.cuda.is_available()``
-True, any CUDA initialisation an error) running everything with ``MODEL.DEVICE cpu``, (b) a
+shown to decide by (a) a machine that has (or pretends to have: ``torch.cuda.is_available()``
+True, any CUDA initialisation an error) a GPU running everything with ``MODEL.DEVICE cpu``, (b) a
 non-CPU device available everywhere (``meta``) that every part of the models follows, and (c)
 CUDA asked for without a GPU, or mixed precision without CUDA, refused with the key named.
 """
@@ -61,22 +61,41 @@ def assert_same_detections(got, ref, tol):
 
 
 @pytest.fixture
-def pretend_gpu_machine(monkeypatch):
-    """``torch.cuda.is_available()`` answers True, but initialising CUDA fails: code that picks
-    CUDA on its own (instead of following the config) breaks under it."""
+def cuda_watch(monkeypatch):
+    """A machine with a GPU on which CUDA must stay unused; yields ``check()``, which fails if
+    CUDA was used since the fixture began.
+
+    With a real GPU the allocator's peak counters are watched. Without one, the fixture
+    pretends a GPU (``torch.cuda.is_available()`` answers True) and any CUDA initialisation
+    fails at once, so code that picks CUDA on its own instead of following the config breaks.
+    """
+    if torch.cuda.is_available():
+        base = []
+        for i in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(i)
+            torch.cuda.reset_peak_memory_stats(i)
+            base.append(torch.cuda.memory_allocated(i))
+
+        def check():
+            peaks = [torch.cuda.max_memory_allocated(i) for i in range(len(base))]
+            assert peaks == base, f"CUDA memory was used: peaks {peaks}, before {base}"
+
+        yield check
+        return
+
     def touched(*args, **kwargs):
         raise AssertionError("CUDA was initialised although the config says MODEL.DEVICE cpu")
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "_lazy_init", touched)
+    yield lambda: None  # any use has raised already
 
 
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("devices")
     opts, weights = tiny_detector_opts(str(root))
-    opts = [v for v in opts]
     i = opts.index("MODEL.DEVICE")
     del opts[i:i + 2]  # every test gives the device itself
     image = write_images(str(root / "images"), [("scene.png", (96, 128))])[0]
@@ -280,12 +299,17 @@ def test_mixed_precision_is_refused_off_cuda(ovd, tmp_path, monkeypatch):
 # ----------------------------------------------------------------- the config decides
 
 
-def test_everything_follows_model_device_cpu_on_a_gpu_machine(pretend_gpu_machine, tiny_files,
-                                                              ovd, tmp_path, monkeypatch):
-    """With a GPU present (pretended) and ``MODEL.DEVICE cpu``: inference, the API, a training
-    step, pretraining and the launch backend all stay on the CPU; nothing initialises CUDA."""
-    with pytest.raises(AssertionError, match="CUDA was initialised"):  # the trap works
+def test_cuda_watch_catches_cuda_use(cuda_watch):
+    """Negative control of the ``cuda_watch`` fixture."""
+    with pytest.raises(AssertionError, match="CUDA"):
         torch.zeros(1, device="cuda")
+        cuda_watch()
+
+
+def test_everything_follows_model_device_cpu_on_a_gpu_machine(cuda_watch, tiny_files, ovd,
+                                                              tmp_path, monkeypatch):
+    """With a GPU present (real or pretended) and ``MODEL.DEVICE cpu``: inference, the API, a
+    training step, pretraining and the launch backend all stay on the CPU; CUDA is never used."""
     rc = _detector(tiny_files, None, "MODEL.DEVICE", "cpu")
     assert rc.device.type == "cpu" and rc.detect(tiny_files["image"], VOCAB)
     monkeypatch.chdir(ovd["root"])
@@ -294,6 +318,7 @@ def test_everything_follows_model_device_cpu_on_a_gpu_machine(pretend_gpu_machin
     train_net = ovd_world.load_train_net()
     assert train_net.launch_backend(resolve_device("cpu")) == "gloo"
     assert train_net.launch_backend(resolve_device("cuda")) == "nccl"  # (does not touch CUDA)
+    cuda_watch()
 
 
 def test_models_are_built_on_the_configured_device_meta(tiny_files, tmp_path):
