@@ -2,6 +2,8 @@
 #   make install   create .venv with torch, detectron2 and this project (editable, test extras),
 #                  and the toy-world project projects/toyworld (editable)
 #   make test      install if needed, then run the test suite
+#   make test-gpu  on a GPU machine (< 5 min): the gpu-marked tests and the GPU benchmark, report
+#                  in GPU_REPORT (default output/gpu/report.md); without a GPU: says so, fails
 #   make toyworld  RegionCLIP end to end on a generated world (~15 min on 2 cores): results
 #                  table in docs/TOYWORLD.md, detector package in projects/toyworld/weights;
 #                  VOCAB and IMAGES set the picture grid of stage 6 (FORCE=1 reruns everything)
@@ -14,6 +16,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.regionclip-installed
 PYTEST_ARGS ?=
+GPU_REPORT ?= output/gpu/report.md
 
 TOYWORLD_OUT ?= output/toyworld
 TOYWORLD_SIZE ?= default
@@ -21,7 +24,7 @@ DEMO_OUT ?= output/demo
 VOCAB ?=
 IMAGES ?=
 
-.PHONY: install test clean-venv toyworld demo
+.PHONY: install test test-gpu clean-venv toyworld demo
 
 install: $(STAMP)
 
@@ -39,6 +42,9 @@ $(STAMP): setup.py requirements.txt tools/install_detectron2.sh projects/toyworl
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-gpu: install
+	$(PY) tools/gpu_check.py --report $(GPU_REPORT)
 
 toyworld: install
 	$(PY) tools/toyworld.py --output $(TOYWORLD_OUT) --size $(TOYWORLD_SIZE) \

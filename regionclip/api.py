@@ -18,6 +18,8 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
+from detectron2_ext.utils import resolve_device
+
 from .clip.prompts import check_templates, ensemble_text_embeddings
 from .config import load_config
 from .engine.trainer import load_model_weights
@@ -102,7 +104,7 @@ class RegionCLIP:
 
     @classmethod
     def from_config(cls, config_file: str, weights: Optional[str] = None, opts: Sequence = (),
-                    device: str = "cpu") -> "RegionCLIP":
+                    device: Optional[str] = None) -> "RegionCLIP":
         """Build the model of ``config_file`` and load its weights.
 
         Args:
@@ -110,15 +112,18 @@ class RegionCLIP:
             weights (str or None): checkpoint for ``MODEL.WEIGHTS`` (RegionCLIP, detectron2 or
                 OpenAI CLIP file); None keeps the config's.
             opts (sequence): ``KEY VALUE`` overrides, as on the command line.
-            device (str): "cpu" or "cuda[:i]".
+            device (str or None): "cpu" or "cuda[:i]"; None takes the config's ``MODEL.DEVICE``
+                (after ``opts``), where ``cuda`` falls back to the CPU, with a message, when no
+                GPU is present. A device given here must exist.
         """
-        cfg = load_config(config_file, opts, cpu_fallback=False)
+        cfg = load_config(config_file, opts, cpu_fallback=device is None)
         if cfg.MODEL.META_ARCHITECTURE != "CLIPFastRCNN":
             raise ValueError(f"RegionCLIP needs a CLIPFastRCNN config; {config_file} builds "
                              f"{cfg.MODEL.META_ARCHITECTURE}")
         if weights is not None:
             cfg.MODEL.WEIGHTS = weights
-        cfg.MODEL.DEVICE = device
+        cfg.MODEL.DEVICE = str(device if device is not None else cfg.MODEL.DEVICE)
+        resolve_device(cfg.MODEL.DEVICE, "device" if device is not None else "MODEL.DEVICE")
         cfg.MODEL.CLIP.GET_CONCEPT_EMB = True  # the text encoder makes vocabularies on the fly
         cfg.freeze()
         model = build_model(cfg)
@@ -189,20 +194,22 @@ class RegionCLIP:
 
     @torch.no_grad()
     def encode_regions(self, image: ImageLike, boxes) -> torch.Tensor:
-        """Un-normalised region embeddings (N, D) of XYXY ``boxes`` given in ``image`` pixels.
+        """Un-normalised float32 region embeddings (N, D) of XYXY ``boxes`` given in ``image``
+        pixels, on the model's device.
 
         The config's test-time resize (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``) applies.
         """
         inputs = self._prepare(image, boxes)
         model = self.model
         images = model.preprocess_image([inputs])
-        features = model.backbone(images.tensor)
         heads = model.roi_heads
         boxes = inputs["instances"].gt_boxes.to(self.device)
-        emb, _ = region_embeddings(heads.pooler, [features[f] for f in heads.in_features], [boxes],
-                                   model.backbone.layer4, model.backbone.attnpool,
-                                   heads.inference_chunk_size)
-        return emb
+        with model._compute_precision():  # MODEL.CLIP.INFERENCE_DTYPE, as in detect()
+            features = model.backbone(images.tensor)
+            emb, _ = region_embeddings(heads.pooler, [features[f] for f in heads.in_features],
+                                       [boxes], model.backbone.layer4, model.backbone.attnpool,
+                                       heads.inference_chunk_size)
+        return emb.float()
 
     @torch.no_grad()
     def encode_crops(self, image: ImageLike, boxes, resize: str = "warp", context: float = 1.0,
@@ -241,7 +248,9 @@ class RegionCLIP:
                 c[:, :, ::-1] if self.cfg.INPUT.FORMAT == "BGR" else c).transpose(2, 0, 1))}
                 for c in crops[start:start + batch_size]]
             x = self.model.preprocess_image(batch).tensor
-            out.append(backbone.attnpool(backbone.forward_features(x, ("res5",))["res5"]).float())
+            with self.model._compute_precision():
+                res5 = backbone.forward_features(x, ("res5",))["res5"]
+                out.append(backbone.attnpool(res5).float())
         return torch.cat(out)
 
     @torch.no_grad()

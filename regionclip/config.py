@@ -397,8 +397,9 @@ _NEW_CLIP_KEYS: List[ConfigKey] = [
         "INFERENCE_DTYPE",
         "float32",
         "New key. Precision of the recognition backbone and per-region head at inference: "
-        "'float32' as the original, or an opt-in autocast to 'bfloat16' (fast on CPUs with bf16 "
-        "units) / 'float16' (GPU). Region classification always runs in float32.",
+        "'float32' as the original, or an opt-in autocast on MODEL.DEVICE to 'bfloat16' (fast on "
+        "CPUs with bf16 units and recent GPUs) / 'float16' (GPU). Region classification always "
+        "runs in float32; a dtype the device cannot autocast to is an error.",
         "'float32' / 'bfloat16' / 'float16'",
         _CLIP_FAST_RCNN,
     ),

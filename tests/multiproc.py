@@ -1,5 +1,8 @@
 """Two CPU processes through ``detectron2_ext.engine.launch`` for the multi-process tests.
 
+The processes are CPU ones (gloo) also on a machine with GPUs, where launch()'s default would be
+NCCL (which cannot move CPU tensors).
+
 The rendezvous is a fresh file (``file://``), not a TCP port picked in advance, which another
 program could take between the pick and the bind. A worker killed by a signal (gloo aborted a
 worker twice in ~100 runs before launch() left the process group, never seen since) is retried
@@ -28,7 +31,7 @@ def launch_two(worker, folder, args=()):
     for attempt in range(2):
         try:
             return launch(worker, 2, num_machines=1, machine_rank=0,
-                          dist_url=rendezvous_url(folder), args=args)
+                          dist_url=rendezvous_url(folder), args=args, backend="gloo")
         except ProcessExitedException as e:
             if attempt or e.signal_name is None:
                 raise

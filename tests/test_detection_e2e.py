@@ -122,6 +122,10 @@ def test_two_cpu_processes_train_through_the_cli(world, tmp_path):
     assert (tmp_path / "model_final.pth").is_file()
     log = (tmp_path / "log.txt").read_text()
     assert "World size: 2" in log
+    # MODEL.DEVICE cpu: gloo, also on a machine with GPUs (where launch() would default to NCCL)
+    assert "Process rank 0 of 2 computes on cpu (process group: gloo)" in log
+    assert "Process rank 1 of 2 computes on cpu (process group: gloo)" in \
+        (tmp_path / "log.txt.rank1").read_text()
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Vectorised soft-NMS against a naive greedy reference written here from the algorithm's definition."""
+"""Vectorised soft-NMS against a naive greedy reference written here from the algorithm's definition
+(on every available device: ``device`` fixture of conftest.py)."""
 import math
 
 import pytest
@@ -55,9 +56,12 @@ def _random_case(seed, n=60, num_classes=4):
 
 @pytest.mark.parametrize("method", ["gaussian", "linear", "hard"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_matches_naive_greedy_reference(method, seed):
+def test_matches_naive_greedy_reference(method, seed, device):
     boxes, scores, classes = _random_case(seed)
-    keep, kept = batched_soft_nms(boxes, scores, classes, method, 0.5, 0.3, 0.001)
+    keep, kept = batched_soft_nms(boxes.to(device), scores.to(device), classes.to(device), method,
+                                  0.5, 0.3, 0.001)
+    assert keep.device.type == kept.device.type == torch.device(device).type
+    keep, kept = keep.cpu(), kept.cpu()
     ref = naive_soft_nms(boxes.tolist(), scores.tolist(), classes.tolist(), method, 0.5, 0.3, 0.001)
     assert keep.tolist() == [i for i, _ in ref]
     torch.testing.assert_close(kept, torch.tensor([s for _, s in ref], dtype=kept.dtype),
@@ -71,12 +75,12 @@ def test_gaussian_uses_sigma_not_two_sigma_squared():
     assert kept[1].item() == pytest.approx(0.8 * math.exp(-0.25 / 0.5), rel=1e-6)
 
 
-def test_hard_mode_is_plain_nms():
+def test_hard_mode_is_plain_nms(device):
     from torchvision.ops import batched_nms
 
-    boxes, scores, classes = _random_case(3, n=80)
+    boxes, scores, classes = (t.to(device) for t in _random_case(3, n=80))
     keep, kept = batched_soft_nms(boxes.float(), scores.float(), classes, "hard", 0.5, 0.5, 0.0)
-    ref = batched_nms(boxes.float(), scores.float(), classes, 0.5)
+    ref = batched_nms(boxes.float(), scores.float(), classes, 0.5)  # torchvision's on the device
     assert sorted(keep.tolist()) == sorted(ref.tolist())
     torch.testing.assert_close(kept, scores.float()[keep])  # hard NMS never rescales kept boxes
 

@@ -3,14 +3,16 @@
 
     python tools/benchmark.py [--cases roof,zeroshot,train,pretrain] [--regions 100 300 1000]
                               [--chunk 0 128] [--dtype float32 bfloat16] [--size 800 1216]
-                              [--json output/benchmark.json]
+                              [--device cpu|cuda] [--json output/benchmark.json]
 
 Every case runs in its own process (peak memory = that process's max RSS). The models use
 random weights with realistic frozen-BN statistics (speed does not depend on the values). FLOPs
 are counted with ``torch.utils.flop_counter`` on the same inputs; "roof" is this machine's measured
 matmul throughput in the case's precision (fp32, or bf16 for ``--dtype bfloat16``), so
 ``efficiency = FLOPs / time / roof``. Results go to stdout (a markdown
-table) and to ``--json``; docs/PERFORMANCE.md records a run.
+table) and to ``--json``; docs/PERFORMANCE.md records a run. ``--device cuda`` runs the cases on
+the GPU (timings synchronise the device; roofs of fp32, bf16 and fp16 matmuls on the GPU; peak
+GPU memory = ``torch.cuda.max_memory_allocated``); ``--dtype float16`` is meant for it.
 """
 import argparse
 import json
@@ -24,18 +26,28 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZS_CONFIG = os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd_zsinf.yaml")
 TRAIN_CONFIG = os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd.yaml")
 PRETRAIN_CONFIG = os.path.join(REPO, "configs/pretrain/RegionCLIP_RN50.yaml")
+_DEVICE = "cpu"  # --device of this run (set in the child process)
 
 
 def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _sync():
+    if _DEVICE.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def _timeit(fn, repeats):
-    fn()  # warm-up (allocator, oneDNN primitive cache)
+    fn()  # warm-up (allocator, oneDNN primitive cache / cuDNN autotuning)
+    _sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -51,13 +63,17 @@ def _flops(fn):
 def case_roof(args):
     import torch
 
-    n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    n = 2048 if _DEVICE == "cpu" else 8192
+    a, b = torch.randn(n, n, device=_DEVICE), torch.randn(n, n, device=_DEVICE)
     seconds = _timeit(lambda: a @ b, 5)
     a16, b16 = a.bfloat16(), b.bfloat16()
     seconds_bf16 = _timeit(lambda: a16 @ b16, 5)
-    return {"case": "roof", "gflops_fp32": 2 * n ** 3 / seconds / 1e9,
-            "gflops_bf16": 2 * n ** 3 / seconds_bf16 / 1e9, "threads": torch.get_num_threads()}
+    out = {"case": "roof", "gflops_fp32": 2 * n ** 3 / seconds / 1e9,
+           "gflops_bf16": 2 * n ** 3 / seconds_bf16 / 1e9, "threads": torch.get_num_threads()}
+    if _DEVICE != "cpu":
+        ah, bh = a.half(), b.half()
+        out["gflops_fp16"] = 2 * n ** 3 / _timeit(lambda: ah @ bh, 5) / 1e9
+    return out
 
 
 def _realistic_random_weights(model):
@@ -79,7 +95,7 @@ def _build(config, opts):
     cfg = get_cfg()
     regionclip.add_regionclip_config(cfg)
     cfg.merge_from_file(config)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu"] + list(opts))
+    cfg.merge_from_list(["MODEL.DEVICE", _DEVICE] + list(opts))
     model = build_model(cfg)
     _realistic_random_weights(model)
     return cfg, model
@@ -116,11 +132,12 @@ def case_zeroshot(args):
     with torch.no_grad():
         images = model.preprocess_image(inputs)
         feats = model.backbone(images.tensor)
-        pooled = heads.pooler([feats["res4"]], [inst.gt_boxes])
+        pooled = heads.pooler([feats["res4"]], [inst.gt_boxes.to(model.device)])
         k = min(64, pooled.shape[0])  # regions in the per-region head measurement
         run_all = lambda: model(inputs)  # noqa: E731
         seconds = _timeit(run_all, args.repeats)
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+        autocast = torch.autocast(model.device.type, dtype=getattr(torch, args.dtype),
+                                  enabled=args.dtype != "float32")
         with autocast:
             backbone_s = _timeit(lambda: model.backbone(images.tensor), args.repeats)
             head_s = _timeit(lambda: model.backbone.attnpool(model.backbone.layer4(pooled[:k])),
@@ -129,7 +146,8 @@ def case_zeroshot(args):
         flops_backbone = _flops(lambda: model.backbone(images.tensor))
         flops_head = _flops(lambda: model.backbone.attnpool(model.backbone.layer4(pooled[:k])))
         flops_attn = flops_head - _flops(lambda: model.backbone.layer4(pooled[:k]))
-    name = f"zeroshot_{args.num_regions}" + ("_bf16" if args.dtype == "bfloat16" else "")
+    suffix = {"bfloat16": "_bf16", "float16": "_fp16"}.get(args.dtype, "")
+    name = f"zeroshot_{args.num_regions}{suffix}"
     return {"case": name, "regions": args.num_regions, "chunk": args.chunk, "dtype": args.dtype,
             "seconds": seconds, "gflop": flops / 1e9, "backbone_seconds": backbone_s,
             "backbone_gflop": flops_backbone / 1e9, "head_seconds_per_region": head_s / k,
@@ -249,6 +267,11 @@ def run_child(args):
         args.tmp = tmp
         result = CASES[args.child](args)
     result["peak_rss_mb"] = _peak_rss_mb()
+    if _DEVICE != "cpu":
+        import torch
+
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+        result["gpu"] = torch.cuda.get_device_name()
     print("RESULT " + json.dumps(result))
 
 
@@ -260,9 +283,11 @@ def main():
     parser.add_argument("--size", type=int, nargs=2, default=[800, 1216], metavar=("H", "W"))
     parser.add_argument("--chunk", type=int, nargs="+", default=[0, 128],
                         help="MODEL.CLIP.INFERENCE_REGION_CHUNK values for the zero-shot cases")
-    parser.add_argument("--dtype", nargs="+", default=["float32"], choices=("float32", "bfloat16"),
+    parser.add_argument("--dtype", nargs="+", default=["float32"],
+                        choices=("float32", "bfloat16", "float16"),
                         help="MODEL.CLIP.INFERENCE_DTYPE values for the zero-shot cases")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (MODEL.DEVICE of the cases)")
     parser.add_argument("--json", default=os.path.join(REPO, "output", "benchmark.json"))
     parser.add_argument("--original", default=None, metavar="CHECKOUT",
                         help="a checkout of microsoft/RegionCLIP: also time its zero-shot inference")
@@ -270,7 +295,8 @@ def main():
     parser.add_argument("--num-regions", type=int, default=100, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        args.chunk, args.dtype = args.chunk[0], args.dtype[0]
+        global _DEVICE
+        args.chunk, args.dtype, _DEVICE = args.chunk[0], args.dtype[0], args.device
         return run_child(args)
     jobs = []
     for case in args.cases.split(","):
@@ -295,7 +321,8 @@ def main():
     for case, n, chunk, dtype in jobs_iter:
         cmd = [sys.executable, __file__, "--child", case, "--num-regions", str(n), "--chunk", str(chunk),
                "--dtype", dtype,
-               "--size", *map(str, args.size), "--repeats", str(args.repeats)]
+               "--size", *map(str, args.size), "--repeats", str(args.repeats),
+               "--device", args.device]
         if args.original:
             cmd += ["--original", args.original]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -303,19 +330,25 @@ def main():
         if proc.returncode or not lines:
             raise RuntimeError(f"benchmark case {case} ({n} regions) failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(lines[-1][7:]))
-    roofs = next(({"float32": r["gflops_fp32"], "bfloat16": r["gflops_bf16"]}
-                  for r in results if r["case"] == "roof"), {})
-    print("\n| case | regions | chunk | seconds | GFLOP | efficiency vs roof | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|")
+    roofs = next(({"float32": r["gflops_fp32"], "bfloat16": r["gflops_bf16"],
+                   "float16": r.get("gflops_fp16")} for r in results if r["case"] == "roof"), {})
+    gpu = args.device != "cpu"
+    print(f"\ndevice: {results[0].get('gpu', args.device) if results else args.device}")
+    print("\n| case | regions | chunk | seconds | GFLOP | efficiency vs roof | peak RSS MB |"
+          + (" peak GPU MB |" if gpu else ""))
+    print("|---|---|---|---|---|---|---|" + ("---|" if gpu else ""))
     for r in results:
         if r["case"] == "roof":
             print(f"| fp32 matmul roof ({r['threads']} threads) | | | | {r['gflops_fp32']:.1f} GFLOP/s | | {r['peak_rss_mb']:.0f} |")
             print(f"| bf16 matmul roof ({r['threads']} threads) | | | | {r['gflops_bf16']:.1f} GFLOP/s | | |")
+            if r.get("gflops_fp16"):
+                print(f"| fp16 matmul roof | | | | {r['gflops_fp16']:.1f} GFLOP/s | | |")
             continue
         roof = roofs.get(r.get("dtype", "float32"))
         eff = f"{r['gflop'] / r['seconds'] / roof:.0%}" if roof else "n/a"
         print(f"| {r['case']} | {r.get('regions', '')} | {r.get('chunk', '')} | {r['seconds']:.2f} | "
-              f"{r['gflop']:.0f} | {eff} | {r['peak_rss_mb']:.0f} |")
+              f"{r['gflop']:.0f} | {eff} | {r['peak_rss_mb']:.0f} |"
+              + (f" {r['peak_gpu_mb']:.0f} |" if gpu else ""))
         if "head_seconds_per_region" in r and roof:
             head_eff = r["head_gflop_per_region"] / r["head_seconds_per_region"] / roof
             print(f"|   per-region head (res5 + attnpool), batch <= 64 | | | {r['head_seconds_per_region']*1000:.1f} ms/region | "

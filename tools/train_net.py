@@ -7,17 +7,23 @@
         [KEY VALUE ...]
 
 ``MODEL.WEIGHTS`` is loaded first (an OpenAI CLIP file, a RegionCLIP or detectron2 checkpoint),
-then ``MODEL.CLIP.BB_RPN_WEIGHTS`` into the offline RPN. On a machine without GPUs add
-``MODEL.DEVICE cpu``; ``--num-gpus N`` then starts N CPU processes (gloo). ``--register-coco``
+then ``MODEL.CLIP.BB_RPN_WEIGHTS`` into the offline RPN. ``MODEL.DEVICE`` decides where the
+processes run: with ``cuda`` (the default) ``--num-gpus N`` starts N processes joined by NCCL, one
+GPU each (``cuda:<local rank>``); with ``cpu`` (also chosen when no GPU is present) N CPU
+processes joined by gloo. ``SOLVER.AMP.ENABLED True`` (mixed precision) needs CUDA. ``--register-coco``
 registers one's own COCO-format datasets with a base/novel split for ``DATASETS.TRAIN`` and
 ``DATASETS.TEST`` (docs/CUSTOM_DATASETS.md).
 """
+import logging
+
 import torch
+import torch.distributed as dist
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from detectron2_ext.engine import launch
+from detectron2_ext.utils import process_device, resolve_device
 from regionclip.config import load_config
 from regionclip.data.datasets.custom_ovd import add_register_arguments, register_from_args
 from regionclip.engine import Trainer, load_model_weights
@@ -26,8 +32,13 @@ from regionclip.engine import Trainer, load_model_weights
 def setup(args):
     register_from_args(args)  # --register-coco datasets, in every process
     cfg = load_config(args.config_file, args.opts)
+    cfg.MODEL.DEVICE = process_device(cfg.MODEL.DEVICE)  # several CUDA processes: one GPU each
     cfg.freeze()
     default_setup(cfg, args)
+    backend = dist.get_backend() if dist.is_available() and dist.is_initialized() else "none"
+    logging.getLogger("detectron2").info("Process rank %d of %d computes on %s (process group: %s)",
+                                         comm.get_rank(), comm.get_world_size(), cfg.MODEL.DEVICE,
+                                         backend)
     return cfg
 
 
@@ -51,8 +62,14 @@ def invoke_main():
     args = add_register_arguments(default_argument_parser()).parse_args()
     print("Command Line Args:", args)
     register_from_args(args)  # bad --register-coco input: one clear error before any process starts
+    device = resolve_device(load_config(args.config_file, args.opts).MODEL.DEVICE)
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+           dist_url=args.dist_url, args=(args,), backend=launch_backend(device))
+
+
+def launch_backend(device) -> str:
+    """The process-group backend for processes computing on ``device``: NCCL on CUDA, else gloo."""
+    return "nccl" if device.type == "cuda" else "gloo"
 
 
 if __name__ == "__main__":

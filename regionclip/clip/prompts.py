@@ -13,7 +13,7 @@ import torch
 from .tokenizer import CONTEXT_LENGTH, get_tokenizer
 
 __all__ = ["PROMPT_TEMPLATES", "prompt_engineering", "build_prompts", "check_templates",
-           "ensemble_text_embeddings"]
+           "ensemble_text_embeddings", "encoder_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,9 @@ def check_templates(templates: Sequence[str]) -> Tuple[str, ...]:
     return templates
 
 
-def _module_device(text_encoder) -> torch.device:
+def encoder_device(text_encoder) -> torch.device:
+    """Where token ids for ``text_encoder`` go: the device of the module it is (or is a method
+    of); the CPU for a plain function without parameters."""
     module = getattr(text_encoder, "__self__", text_encoder)
     if isinstance(module, torch.nn.Module):
         for tensor in module.parameters():
@@ -197,7 +199,7 @@ def ensemble_text_embeddings(text_encoder: Callable[[torch.Tensor], torch.Tensor
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     tokenizer = tokenizer or get_tokenizer()
-    device = device if device is not None else _module_device(text_encoder)
+    device = device if device is not None else encoder_device(text_encoder)
     templates = PROMPT_TEMPLATES if templates is None else check_templates(templates)
     per_name = len(templates) if prompt_ensemble else 1
     names_per_batch = max(1, batch_size // per_name)

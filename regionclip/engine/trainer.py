@@ -11,6 +11,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from detectron2_ext.evaluation import COCOSplitEvaluator, LVISEvaluatorCompat, PredictionWriter
+from detectron2_ext.utils import check_amp_device
 
 from ..checkpoint import RegionCLIPCheckpointer, load_offline_rpn_weights
 from ..data.mappers import build_test_mapper
@@ -67,21 +68,23 @@ class Trainer(DefaultTrainer):
 
     Differences: the checkpointer reads OpenAI CLIP and original RegionCLIP files; the offline RPN
     weights (``MODEL.CLIP.BB_RPN_WEIGHTS``) are loaded after ``MODEL.WEIGHTS``; test loaders keep
-    ground-truth boxes when regions may come from them; evaluators report base/novel AP; CPU
-    models are wrapped in DistributedDataParallel without device ids (gloo).
+    ground-truth boxes when regions may come from them; evaluators report base/novel AP;
+    DistributedDataParallel gets the model's own GPU as device id (none for CPU models, gloo);
+    ``SOLVER.AMP.ENABLED`` on a device other than CUDA is refused before anything is built.
     """
 
     def __init__(self, cfg):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
+        check_amp_device(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        on_cpu = next(model.parameters()).device.type == "cpu"
-        ddp_kwargs = {"device_ids": None} if on_cpu else {}
-        model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs)
+        device = next(model.parameters()).device
+        device_ids = [device.index] if device.type == "cuda" else None
+        model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
         trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
         self._trainer = trainer_cls(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)

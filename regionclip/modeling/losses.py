@@ -17,6 +17,9 @@ temperature (``MODEL.CLIP.CLSS_TEMP`` = 0.01).
   ``(CE(L, diag) + CE(L^T, diag)) / 2`` with ``L = cos(g_b, t_c) / tau`` over the batch gathered
   from every process (each truncated to the smallest per-process batch).
 
+Under autocast (``SOLVER.AMP.ENABLED``) every cosine is computed in float32: a float16 cosine is
+off by up to ~1e-3, i.e. ~0.1 nats after dividing by the temperature 0.01.
+
 The log-probabilities are computed with ``log_softmax`` / ``logsumexp`` where the original took
 the log of a softmax; the values are mathematically identical but stay finite when a
 probability underflows to 0 in float32 (cosines / 0.01 span 200 nats).
@@ -43,7 +46,9 @@ TEACHER_TEMPERATURE = 0.01
 
 
 def _cosine_logits(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
-    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t() / temperature
+    """cos(a_i, b_j) / temperature in float32, also inside an autocast region."""
+    with torch.autocast(a.device.type, enabled=False):
+        return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).t() / temperature
 
 
 def _check_2d(name: str, x: torch.Tensor):
@@ -167,11 +172,12 @@ def image_text_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor,
         raise ValueError(f"image_emb {tuple(image_emb.shape)} and text_emb "
                          f"{tuple(text_emb.shape)} must have the same shape (one caption per "
                          "image)")
-    image_emb = F.normalize(image_emb, dim=-1)
-    text_emb = F.normalize(text_emb.to(image_emb.dtype), dim=-1)
+    image_emb = F.normalize(image_emb.float(), dim=-1)
+    text_emb = F.normalize(text_emb.float(), dim=-1)
     if gather:
         image_emb = all_gather_with_grad(image_emb, truncate_to_min=True)
         text_emb = all_gather_with_grad(text_emb, truncate_to_min=True)
-    logits = image_emb @ text_emb.t() / temperature
+    with torch.autocast(image_emb.device.type, enabled=False):  # float32 cosines (module doc)
+        logits = image_emb @ text_emb.t() / temperature
     target = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2.0

@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--templates", default=None,
                         help="text file of prompt templates, one per line, each with {} where "
                         "the class name goes (default: the original's 81)")
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the config's "
+                        "MODEL.DEVICE; cuda falls back to the CPU when no GPU is present)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides KEY VALUE ... (last option)")
     return parser
@@ -298,7 +299,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     templates = read_templates_file(args.templates) if args.templates else None
     config_file = _resolve_path(args.config_file)
     opts = _model_opts(config_file, args.weights, args.opts)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device  # None: the config's MODEL.DEVICE (after the KEY VALUE overrides)
     detector = RegionCLIP.from_config(config_file, weights=args.weights, opts=opts, device=device)
     results = run_demo(detector, images, vocabulary, args.output, args.score_threshold, boxes,
                        templates=templates)

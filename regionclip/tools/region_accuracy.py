@@ -206,7 +206,8 @@ def _parser():
     parser.add_argument("--crop-context", type=float, default=1.0,
                         help="scale boxes about their centre before cropping")
     parser.add_argument("--output", help="write the results as json here (empty splits: null)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the config's "
+                        "MODEL.DEVICE; cuda falls back to the CPU when no GPU is present)")
     add_register_arguments(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
@@ -226,7 +227,7 @@ def main(argv=None):
     if not args.dataset and len(registered) > 1:
         raise SystemExit(f"--register-coco registered {registered}: choose one with --dataset")
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device  # None: the config's MODEL.DEVICE (after the KEY VALUE overrides)
     # the tool gives the boxes itself: no offline RPN is built or needed
     opts = list(args.opts) + ["MODEL.CLIP.CROP_REGION_TYPE", "GT",
                               "MODEL.CLIP.MULTIPLY_RPN_SCORE", "False"]

@@ -5,6 +5,7 @@ import torch
 
 from regionclip.clip import CLIP, ensemble_text_embeddings, tokenize
 from regionclip.checkpoint import read_torch_file
+from regionclip.clip.prompts import encoder_device
 from regionclip.modeling.clip_arch import resolve_clip_arch
 
 from .vocabulary import TOY_TEMPLATES, with_article
@@ -51,11 +52,12 @@ def text_embeddings(encode_text: Callable[[torch.Tensor], torch.Tensor], names: 
         raise ValueError("text_embeddings: empty list of names")
     if prompts == "imagenet":
         return ensemble_text_embeddings(encode_text, names)
+    device = encoder_device(encode_text)  # the token ids go where the text tower is
     if prompts == "none":
-        return encode_text(tokenize([with_article(n) for n in names])).float()
+        return encode_text(tokenize([with_article(n) for n in names]).to(device)).float()
     if prompts != "toy":
         raise ValueError(f"prompts must be one of {PROMPT_MODES}, got {prompts!r}")
     per_name = len(TOY_TEMPLATES)
-    tokens = tokenize([p for n in names for p in toy_prompts(n)])
+    tokens = tokenize([p for n in names for p in toy_prompts(n)]).to(device)
     out = torch.cat([encode_text(tokens[i:i + 512]).float() for i in range(0, len(tokens), 512)])
     return out.view(len(names), per_name, -1).mean(dim=1)

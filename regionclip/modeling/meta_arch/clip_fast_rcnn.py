@@ -8,6 +8,7 @@ Two branches:
   region with the backbone's ``layer4`` and ``attnpool`` into CLIP's joint space and classify it
   against text embeddings.
 """
+import contextlib
 import logging
 from typing import Dict, List, Optional
 
@@ -19,6 +20,8 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 from torch import nn
+
+from detectron2_ext.utils import checked_autocast
 
 from ..roi_heads.clip_box_predictor import CLIP_ROI_HEADS
 from ..text_encoder import build_clip_language_encoder
@@ -196,9 +199,11 @@ class CLIPFastRCNN(OfflineRPNMixin, nn.Module):
         return self._postprocess(results, batched_inputs)
 
     def _compute_precision(self):
-        """Autocast context for the recognition branch at inference (``MODEL.CLIP.INFERENCE_DTYPE``)."""
-        enabled = self.inference_dtype != torch.float32
-        return torch.autocast(self.device.type, dtype=self.inference_dtype, enabled=enabled)
+        """Autocast context for the recognition branch at inference (``MODEL.CLIP.INFERENCE_DTYPE``)
+        on the model's device; a dtype the device does not support is an error, not float32."""
+        if self.inference_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return checked_autocast(self.device.type, self.inference_dtype, "MODEL.CLIP.INFERENCE_DTYPE")
 
     @staticmethod
     def _postprocess(instances, batched_inputs):
