@@ -1,7 +1,8 @@
 """Exact resume: the random generators and the train loader's position go into checkpoints.
 
-:class:`ExactResume` is a trainer hook placed just before detectron2's ``PeriodicCheckpointer``.
-At every iteration after which a checkpoint is written it collects, from every process, the
+:class:`ExactResume` is a trainer hook placed just before detectron2's ``PeriodicCheckpointer``
+(which only the main process has). At every iteration after which that hook writes a checkpoint
+(every ``period`` iterations and at the last one) it collects, from every process, the
 states of the ``random``, NumPy, torch CPU (and CUDA) generators and the train loader's
 ``state_dict()`` (a :class:`~detectron2_ext.data.ResumableBatchLoader`); the trainer's
 checkpoint stores them (``trainer.hooks.ExactResume``). Loading the checkpoint on resume gives
@@ -21,7 +22,6 @@ import numpy as np
 import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
-from fvcore.common.checkpoint import PeriodicCheckpointer
 
 __all__ = ["ExactResume", "capture_rng_states", "restore_rng_states"]
 
@@ -66,10 +66,16 @@ class ExactResume(HookBase):
         data_loader: the trainer's train loader; its position is saved if it has
             ``state_dict`` / ``load_state_dicts`` (otherwise only the generators are, and a
             resumed run starts the data stream again, with a warning).
+        period (int): the checkpoint period (``SOLVER.CHECKPOINT_PERIOD``); the states are also
+            collected at the trainer's last iteration. Every process must use the same value:
+            collecting is a collective operation.
     """
 
-    def __init__(self, data_loader):
+    def __init__(self, data_loader, period: int):
+        if period < 1:
+            raise ValueError(f"the checkpoint period must be positive, got {period}")
         self._loader = data_loader
+        self._period = int(period)
         self._gathered: Optional[List[dict]] = None  # every process's states, at _gathered_iter
         self._gathered_iter = -1
         self._restore: Optional[dict] = None  # generator states to set before the next step
@@ -80,14 +86,9 @@ class ExactResume(HookBase):
         return hasattr(self._loader, "state_dict") and hasattr(self._loader, "load_state_dicts")
 
     def _checkpoint_due(self) -> bool:
-        """Whether a PeriodicCheckpointer hook after this one saves at this iteration."""
+        """Whether the periodic checkpointer saves after this iteration (as fvcore decides)."""
         it = self.trainer.iter
-        for hook in self.trainer._hooks:  # detectron2's hook subclasses fvcore's
-            if isinstance(hook, PeriodicCheckpointer):
-                if (it + 1) % hook.period == 0 or (hook.max_iter is not None
-                                                   and it >= hook.max_iter - 1):
-                    return True
-        return False
+        return (it + 1) % self._period == 0 or it >= self.trainer.max_iter - 1
 
     def _local_state(self) -> dict:
         state = {"rng": capture_rng_states()}

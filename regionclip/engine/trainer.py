@@ -110,12 +110,15 @@ class Trainer(DefaultTrainer):
                                "result will differ from an uninterrupted run", self.start_iter)
 
     def build_hooks(self):
-        """detectron2's hooks, with :class:`~detectron2_ext.engine.ExactResume` just before the
-        periodic checkpointer (it collects the states that each checkpoint stores)."""
+        """detectron2's hooks, with :class:`~detectron2_ext.engine.ExactResume` where the periodic
+        checkpointer is (in every process; the checkpointer only in the main one): it collects
+        the states that each checkpoint stores."""
         hook_list = super().build_hooks()
         where = next((i for i, h in enumerate(hook_list)
-                      if isinstance(h, hooks.PeriodicCheckpointer)), len(hook_list))
-        hook_list.insert(where, ExactResume(self._trainer.data_loader))
+                      if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook))),
+                     len(hook_list))
+        hook_list.insert(where, ExactResume(self._trainer.data_loader,
+                                            self.cfg.SOLVER.CHECKPOINT_PERIOD))
         return hook_list
 
     @classmethod
