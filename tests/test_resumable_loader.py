@@ -91,6 +91,15 @@ def test_state_from_another_sampler_seed_is_followed():
     assert batches
 
 
+def test_negative_sampler_seed():
+    # detectron2 passes SEED (-1 by default) to RepeatFactorTrainingSampler as its seed
+    first = _indexed(0, seed=-1)
+    batches = _take(first, 2)
+    resumed = _indexed(0, seed=3)
+    resumed.load_state_dict(first.state_dict())
+    assert _take(resumed, 2) == _take(_indexed(0, seed=-1), 4)[2:] and batches
+
+
 def test_bad_states_are_refused_with_a_reason():
     loader = _indexed(0)
     state = loader.state_dict()

@@ -51,11 +51,12 @@ def seeded_rngs(*words: int, restore: bool = False):
     """Seed ``random``, NumPy's global generator and torch's CPU generator from ``words``.
 
     Args:
-        words (int): non-negative integers; equal words give equal seeds.
+        words (int): integers (negative ones, e.g. a sampler seeded with ``SEED -1``, are taken
+            modulo 2**64); equal words give equal seeds.
         restore (bool): put the previous generator states back on exit.
     """
     saved = (random.getstate(), np.random.get_state(), torch.get_rng_state()) if restore else None
-    state = np.random.SeedSequence([int(w) for w in words]).generate_state(4)
+    state = np.random.SeedSequence([int(w) % 2**64 for w in words]).generate_state(4)
     random.seed(int(state[0]) << 32 | int(state[1]))
     np.random.seed(state)
     torch.default_generator.manual_seed(int(state[2]) << 32 | int(state[3]))
@@ -342,7 +343,7 @@ class ResumableBatchLoader:
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=1, num_workers=self.num_workers,
             collate_fn=operator.itemgetter(0), worker_init_fn=_worker_init,
-            generator=torch.Generator().manual_seed(self.stream.seed))
+            generator=torch.Generator().manual_seed(self.stream.seed % 2**63))
         return iter(loader)
 
     def __iter__(self) -> Iterator[List]:
