@@ -21,7 +21,8 @@ from multiproc import rendezvous_url
 from ovd_world import BASE, REPO, make_ovd_coco_tree, write_embeddings
 from tiny_clip import TINY_OPTS, write_tiny_clip
 
-DETECTION_CFG = os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd.yaml")
+DETECTION_CFG = os.path.join(REPO,
+                             "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd.yaml")
 PRETRAIN_CFG = os.path.join(REPO, "configs/pretrain/RegionCLIP_RN50.yaml")
 HOOK = "ExactResume"
 
