@@ -21,6 +21,7 @@ import torch.distributed as dist
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from detectron2_ext.engine import launch
 from detectron2_ext.utils import process_device, resolve_device
@@ -42,8 +43,16 @@ def setup(args):
     return cfg
 
 
+def setup_package_loggers(cfg):
+    """Send the messages of this package's modules (e.g. how a resume went) to the console and
+    to OUTPUT_DIR/log.txt, like detectron2's."""
+    for name in ("regionclip", "detectron2_ext"):
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name=name)
+
+
 def main(args):
     cfg = setup(args)
+    setup_package_loggers(cfg)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         load_model_weights(cfg, model, resume=args.resume)

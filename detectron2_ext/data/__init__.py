@@ -1,5 +1,6 @@
 """Data: TSV files with a byte-offset index, image-text pair datasets (TSV and WebDataset) and a
-training loader that drops and counts skipped samples."""
+training loader that drops and counts skipped samples, and train loaders whose position in the
+data stream is saved and restored (exact resume)."""
 from .image_text import (  # noqa: F401
     DatasetEntry,
     ImageTextTSVDataset,
@@ -19,6 +20,13 @@ from .image_text_wds import (  # noqa: F401
     iterate_shard_records,
     list_shards,
     sample_text,
+)
+from .resumable import (  # noqa: F401
+    IndexedStream,
+    ResumableBatchLoader,
+    WebDatasetStream,
+    build_resumable_detection_train_loader,
+    seeded_rngs,
 )
 from .tsv import (  # noqa: F401
     TSVFile,

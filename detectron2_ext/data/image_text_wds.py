@@ -191,16 +191,50 @@ class WebDatasetImageText(torch.utils.data.IterableDataset):
         """int: samples skipped so far by this process's (worker's) copy of the dataset."""
         return self._skips.num_skipped
 
-    def _my_shards(self, epoch: int) -> List[str]:
-        info = torch.utils.data.get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    def shards_of(self, epoch: int, worker: int, num_workers: int) -> List[str]:
+        """The shards that DataLoader worker ``worker`` of ``num_workers`` of this process reads
+        in pass ``epoch`` (see the module docstring)."""
         world = comm.get_world_size()
         order = list(self.shards)
         if self.shuffle:
             random.Random(self.seed + epoch).shuffle(order)
-        return order[worker * world + comm.get_rank()::world * workers]
+        return order[worker * world + comm.get_rank()::world * num_workers]
 
-    def _convert(self, record: dict) -> Optional[dict]:
+    def records(self, worker: int = 0, num_workers: int = 1, epoch: int = 0,
+                skip: int = 0) -> Iterator[Tuple[int, int, dict]]:
+        """Raw records of one worker's stream, each with its position in the stream.
+
+        The stream of a worker is deterministic: it depends on the seed, the process rank, the
+        worker and the number of workers and processes only. Resuming it at a position reads
+        the skipped records of that pass again (tar reading only: no image is decoded).
+
+        Args:
+            worker, num_workers (int): which worker's stream (of how many per process).
+            epoch (int): start in this pass over the shards.
+            skip (int): records of that pass to leave out (a position returned earlier).
+
+        Yields:
+            tuple: ``(epoch, count, record)``; ``count`` numbers the records of a pass from 1
+            (``(epoch, count)`` is the position to pass as ``epoch``/``skip`` to continue after
+            the record).
+        """
+        while True:
+            shards = self.shards_of(epoch, worker, num_workers)
+            if not shards:
+                return
+            records = iterate_shard_records(shards)
+            if self.shuffle and self.shuffle_buffer > 1:
+                rng = random.Random(hash((self.seed, epoch, comm.get_rank(), worker)))
+                records = _shuffled(records, self.shuffle_buffer, rng)
+            for count, record in enumerate(records, 1):
+                if count > skip:
+                    yield epoch, count, record
+            if not self.repeat:
+                return
+            epoch, skip = epoch + 1, 0
+
+    def convert(self, record: dict) -> Optional[dict]:
+        """A raw record (see :meth:`records`) -> the sample dict, or None if it is skipped."""
         key, url = record["__key__"], record["__url__"]
         where = f"{url} (key {key!r})"
         data, _ = _image_bytes(record)
@@ -231,19 +265,7 @@ class WebDatasetImageText(torch.utils.data.IterableDataset):
                 "orig_size": orig_size}
 
     def __iter__(self) -> Iterator[Optional[dict]]:
-        epoch = 0
-        while True:
-            shards = self._my_shards(epoch)
-            if not shards:
-                return
-            records = iterate_shard_records(shards)
-            if self.shuffle and self.shuffle_buffer > 1:
-                info = torch.utils.data.get_worker_info()
-                worker = info.id if info is not None else 0
-                rng = random.Random(hash((self.seed, epoch, comm.get_rank(), worker)))
-                records = _shuffled(records, self.shuffle_buffer, rng)
-            for record in records:
-                yield self._convert(record)
-            if not self.repeat:
-                return
-            epoch += 1
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for _, _, record in self.records(worker, workers):
+            yield self.convert(record)

@@ -2,10 +2,12 @@
 checkpoint."""
 import copy
 import logging
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping
 
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
@@ -15,6 +17,7 @@ from regionclip.clip.model import OPENAI_METADATA_KEYS
 from .clip_keys import ShapeMismatch, has_openai_clip_keys, map_clip_to_model
 from .clip_weights import load_clip_state_dict
 from .io import extract_state_dict, is_torchscript_archive, read_torch_file, rename_metadata
+from .resume_files import LAST_CHECKPOINT, choose_resume_checkpoint, write_atomically
 
 __all__ = ["RegionCLIPCheckpointer", "OfflineLoadReport", "load_offline_rpn_weights",
            "OFFLINE_MODULES"]
@@ -72,9 +75,43 @@ class RegionCLIPCheckpointer(DetectionCheckpointer):
       :func:`map_clip_to_model`; the report is logged, shape mismatches raise. The renamed state
       dict carries the model's module versions, so FrozenBatchNorm2d layers without entries in the
       file keep their statistics (no legacy reset to 0/1).
+    * Checkpoints and ``last_checkpoint`` are written atomically; resuming reads the newest
+      intact checkpoint when the one named in ``last_checkpoint`` is torn or that file is empty
+      (:mod:`regionclip.checkpoint.resume_files`).
 
     The constructor arguments are those of ``DetectionCheckpointer``.
     """
+
+    def _local_dir(self) -> bool:
+        return bool(self.save_dir) and os.path.isdir(self.save_dir)
+
+    def save(self, name: str, **kwargs) -> None:
+        """As ``Checkpointer.save``, written atomically (a temporary file renamed when complete)."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        if not self._local_dir():  # another storage of detectron2's PathManager
+            return super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        data.update((key, obj.state_dict()) for key, obj in self.checkpointables.items())
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", path)
+        write_atomically(path, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if not self._local_dir():
+            return super().tag_last_checkpoint(last_filename_basename)
+        write_atomically(os.path.join(self.save_dir, LAST_CHECKPOINT),
+                         lambda f: f.write(last_filename_basename.encode("utf-8")))
+
+    def get_checkpoint_file(self) -> str:
+        """The checkpoint to resume from: the one named in ``last_checkpoint`` if it is intact,
+        else the newest intact one (logged); "" if there is no ``last_checkpoint``."""
+        if not self._local_dir():
+            return super().get_checkpoint_file()
+        return choose_resume_checkpoint(self.save_dir, self.logger)
 
     def _load_file(self, filename):
         if is_torchscript_archive(filename):

@@ -112,7 +112,9 @@ class CaptionDecoder:
         context_length (int): token row length (77).
         truncate (bool): cut over-long captions like the original (True) or raise.
         max_captions (int): captions kept per sample.
-        rng: random source (default: the ``random`` module, seeded per DataLoader worker).
+        rng: random source (default: the ``random`` module, seeded per sample by the train
+            loader). The module is looked up when called, not stored, so that the decoder can
+            be pickled into DataLoader workers of spawned processes.
     """
 
     def __init__(self, context_length: int = CONTEXT_LENGTH, truncate: bool = True,
@@ -120,11 +122,12 @@ class CaptionDecoder:
         self.context_length = context_length
         self.truncate = truncate
         self.max_captions = max_captions
-        self.rng = rng if rng is not None else random
+        self.rng = rng
 
     def __call__(self, text: str) -> Optional[torch.Tensor]:
         """LongTensor (n_caps, context_length), or None when the field has no caption."""
-        captions = parse_text_field(text, self.rng, self.max_captions)
+        captions = parse_text_field(text, self.rng if self.rng is not None else random,
+                                    self.max_captions)
         if not captions:
             return None
         return tokenize(captions, self.context_length, truncate=self.truncate)

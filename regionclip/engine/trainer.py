@@ -5,11 +5,14 @@ import os
 import weakref
 
 from detectron2.data import MetadataCatalog, build_detection_test_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import (AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase,
+                               create_ddp_model, hooks)
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from detectron2_ext.data import build_resumable_detection_train_loader
+from detectron2_ext.engine import ExactResume
 from detectron2_ext.evaluation import COCOSplitEvaluator, LVISEvaluatorCompat, PredictionWriter
 from detectron2_ext.utils import check_amp_device
 
@@ -70,7 +73,10 @@ class Trainer(DefaultTrainer):
     weights (``MODEL.CLIP.BB_RPN_WEIGHTS``) are loaded after ``MODEL.WEIGHTS``; test loaders keep
     ground-truth boxes when regions may come from them; evaluators report base/novel AP;
     DistributedDataParallel gets the model's own GPU as device id (none for CPU models, gloo);
-    ``SOLVER.AMP.ENABLED`` on a device other than CUDA is refused before anything is built.
+    ``SOLVER.AMP.ENABLED`` on a device other than CUDA is refused before anything is built;
+    checkpoints carry the random generators' states and the train loader's position, so that
+    ``--resume`` after an interruption continues exactly as the uninterrupted run
+    (docs/RELIABILITY.md).
     """
 
     def __init__(self, cfg):
@@ -95,19 +101,39 @@ class Trainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     def resume_or_load(self, resume=True):
-        """Load weights as :func:`load_model_weights`; when resuming, continue the iteration count."""
+        """Load weights as :func:`load_model_weights`; when resuming, continue the iteration count,
+        the data stream and the random generators of the checkpoint."""
         load_model_weights(self.cfg, self.checkpointer.model, resume=resume,
                            checkpointer=self.checkpointer)
         if resume and self.checkpointer.has_checkpoint():
             self.start_iter = self.iter + 1
+            if not any(isinstance(h, ExactResume) and h.loaded for h in self._hooks):
+                logger.warning("The checkpoint has no data-stream and random-generator states "
+                               "(written by an older version?): training continues at iteration "
+                               "%d, but the data stream starts again from its beginning, so the "
+                               "result will differ from an uninterrupted run", self.start_iter)
+
+    def build_hooks(self):
+        """detectron2's hooks, with :class:`~detectron2_ext.engine.ExactResume` where the periodic
+        checkpointer is (in every process; the checkpointer only in the main one): it collects
+        the states that each checkpoint stores."""
+        hook_list = super().build_hooks()
+        where = next((i for i, h in enumerate(hook_list)
+                      if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook))),
+                     len(hook_list))
+        hook_list.insert(where, ExactResume(self._trainer.data_loader,
+                                            self.cfg.SOLVER.CHECKPOINT_PERIOD))
+        return hook_list
 
     @classmethod
     def build_train_loader(cls, cfg):
         """Image-text pretraining loader when ``DATASETS.TRAIN`` contains ``"imgtxtpairs"``
-        (:func:`regionclip.data.pretrain.build_pretrain_train_loader`), else detectron2's."""
+        (:func:`regionclip.data.pretrain.build_pretrain_train_loader`), else detectron2's
+        detection loader in its resumable form
+        (:func:`detectron2_ext.data.build_resumable_detection_train_loader`)."""
         if is_image_text_config(cfg):
             return build_pretrain_train_loader(cfg)
-        return super().build_train_loader(cfg)
+        return build_resumable_detection_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
