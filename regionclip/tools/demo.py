@@ -241,12 +241,11 @@ def _model_opts(config_file: str, weights: Optional[str], opts: Sequence[str]) -
     from detectron2.config import get_cfg
 
     from regionclip.config import add_regionclip_config
+    from regionclip.yaml_config import merge_config_file
 
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"--config-file '{config_file}' does not exist")
     cfg = get_cfg()
     add_regionclip_config(cfg)
-    cfg.merge_from_file(config_file)
+    merge_config_file(cfg, config_file, "--config-file")
     cfg.merge_from_list(list(opts))
     if not (weights or cfg.MODEL.WEIGHTS):
         raise ValueError("no checkpoint: give --weights (a RegionCLIP or OpenAI CLIP file)")
