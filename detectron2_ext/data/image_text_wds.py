@@ -24,7 +24,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import torch
 from detectron2.utils import comm
 
-from .image_text import SkipLogger, decode_image_bytes
+from .image_text import SkipLogger, SkipSample, decode_image_bytes
 
 __all__ = ["WebDatasetImageText", "list_shards", "iterate_shard_records", "sample_text",
            "IMAGE_EXTENSIONS"]
@@ -226,7 +226,11 @@ class WebDatasetImageText(torch.utils.data.IterableDataset):
             return None
         orig_size = (image.height, image.width)
         if self.transform is not None:
-            image = self.transform(image)
+            try:
+                image = self.transform(image)
+            except SkipSample as e:
+                self._skips.skip(where, str(e))
+                return None
         return {"image": image, "captions": captions, "key": key, "dataset": self.names[url],
                 "orig_size": orig_size}
 
