@@ -104,24 +104,33 @@ def sample_text(sample: Dict[str, bytes]) -> Optional[str]:
 
 
 class _ShardErrorHandler:
-    """webdataset exception handler: log a broken shard (naming it) and continue."""
+    """webdataset exception handler: log a broken shard (naming it), report it, continue."""
+
+    def __init__(self, on_error: Optional[Callable[[Exception], None]] = None):
+        self.on_error = on_error
 
     def __call__(self, exn: Exception) -> bool:
         logger.warning("WebDataset read error, rest of the shard skipped: %s", exn)
+        if self.on_error is not None:
+            self.on_error(exn)
         return True
 
 
-def iterate_shard_records(shards: Sequence[str]) -> Iterator[dict]:
+def iterate_shard_records(shards: Sequence[str],
+                          on_error: Optional[Callable[[Exception], None]] = None
+                          ) -> Iterator[dict]:
     """Raw samples of shards in order: dicts of extension -> bytes plus ``__key__``/``__url__``.
 
     Args:
         shards (Sequence[str]): tar files.
+        on_error (callable): called with each read error (a damaged shard: the rest of it is
+            skipped; the error names the shard); errors are logged in any case.
 
     Yields:
         dict: one per sample key.
     """
     wds = _webdataset()
-    stage = wds.tarfile_to_samples(handler=_ShardErrorHandler())
+    stage = wds.tarfile_to_samples(handler=_ShardErrorHandler(on_error))
     yield from stage(iter([{"url": s} for s in shards]))
 
 
@@ -200,6 +209,10 @@ class WebDatasetImageText(torch.utils.data.IterableDataset):
             random.Random(self.seed + epoch).shuffle(order)
         return order[worker * world + comm.get_rank()::world * workers]
 
+    def _read_error(self, exn: Exception) -> None:
+        # counted with the skipped samples: the rest of the shard is lost
+        self._skips.skip("a WebDataset shard", f"read error, rest of the shard skipped ({exn})")
+
     def _convert(self, record: dict) -> Optional[dict]:
         key, url = record["__key__"], record["__url__"]
         where = f"{url} (key {key!r})"
@@ -240,7 +253,7 @@ class WebDatasetImageText(torch.utils.data.IterableDataset):
             shards = self._my_shards(epoch)
             if not shards:
                 return
-            records = iterate_shard_records(shards)
+            records = iterate_shard_records(shards, on_error=self._read_error)
             if self.shuffle and self.shuffle_buffer > 1:
                 info = torch.utils.data.get_worker_info()
                 worker = info.id if info is not None else 0
