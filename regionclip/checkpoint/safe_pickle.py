@@ -100,7 +100,15 @@ def torch_safe_globals() -> List[Tuple[Any, str]]:
     return [(obj, name) for name, obj in NUMPY_GLOBALS.items()]
 
 
+def _latin1_encode(value, encoding="latin1"):
+    # how Python 3 pickles bytes with protocol 2 (_codecs.encode(text, "latin1")); no other codec
+    if encoding not in ("latin1", "latin-1") or not isinstance(value, str):
+        raise pickle.UnpicklingError(f"global _codecs.encode with {encoding!r} is not allowed")
+    return value.encode("latin1")
+
+
 _PLAIN_GLOBALS = {
+    "_codecs.encode": _latin1_encode,
     "collections.OrderedDict": OrderedDict,
     "builtins.set": set, "builtins.frozenset": frozenset, "builtins.complex": complex,
     "builtins.slice": slice, "builtins.bytearray": bytearray, "builtins.range": range,
