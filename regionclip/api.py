@@ -24,7 +24,7 @@ from .inputs import (
     check_boxes,
     check_score_threshold,
     read_rgb_image,
-    resize_at_least_one_pixel,
+    resize_to_min_side,
     unique_names,
 )
 from .modeling.roi_heads import region_embeddings
@@ -157,7 +157,7 @@ class RegionCLIP:
         h, w = rgb.shape[:2]
         if boxes is not None:
             boxes = check_boxes(boxes, (h, w))
-        transform = resize_at_least_one_pixel(self._resize.get_transform(rgb))
+        transform = resize_to_min_side(self._resize.get_transform(rgb))
         resized = transform.apply_image(rgb)
         if self.cfg.INPUT.FORMAT == "BGR":
             resized = resized[:, :, ::-1]

@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 from detectron2_ext.data import to_rgb8
 
 __all__ = ["read_rgb_image", "image_size", "check_boxes", "check_score_threshold",
-           "unique_names", "resize_at_least_one_pixel"]
+           "unique_names", "resize_to_min_side", "MIN_SIDE"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,15 +134,23 @@ def unique_names(names: Sequence[str], what: str = "vocabulary") -> List[str]:
     return unique
 
 
-def resize_at_least_one_pixel(transform):
-    """A ``ResizeTransform`` whose output has at least one pixel per side.
+# Smallest side given to the backbones: their coarsest stride, so that every stage has at least
+# one pixel (the CLIP ResNet's average pools fail on a 1-pixel input).
+MIN_SIDE = 32
 
-    detectron2's ``ResizeShortestEdge`` rounds the short side of a very elongated image (beyond
-    ``MAX_SIZE_TEST / 0.5`` : 1, e.g. 2666:1 at 800/1333) to 0 pixels, which crashes.
+
+def resize_to_min_side(transform, min_side: int = MIN_SIDE):
+    """A ``ResizeTransform`` whose output has at least ``min_side`` pixels per side.
+
+    detectron2's ``ResizeShortestEdge`` makes the short side of a very elongated image tiny (0
+    pixels beyond ``2 * MAX_SIZE_TEST`` : 1, e.g. 2666:1 at 800/1333), which crashes the model.
+    Such an image is stretched across its short side to ``min_side`` pixels instead; boxes and
+    detections still map to the image's own pixels (the transform is exact both ways). Images
+    whose resized sides are already that long are unchanged.
     """
     from detectron2.data.transforms import ResizeTransform
 
-    if min(transform.new_h, transform.new_w) >= 1:
+    if min(transform.new_h, transform.new_w) >= min_side:
         return transform
-    return ResizeTransform(transform.h, transform.w, max(transform.new_h, 1),
-                           max(transform.new_w, 1), transform.interp)
+    return ResizeTransform(transform.h, transform.w, max(transform.new_h, min_side),
+                           max(transform.new_w, min_side), transform.interp)
