@@ -583,9 +583,7 @@ def load_config(config_file: str, opts=(), cpu_fallback: bool = True) -> CfgNode
     """``get_cfg()`` + :func:`add_regionclip_config` + the yaml + ``KEY VALUE`` overrides (unfrozen).
 
     Args:
-        config_file (str): a yaml under configs/ (or any detectron2 yaml); it and its
-            ``_BASE_`` files are read with ``yaml.safe_load`` only (see
-            :func:`regionclip.yaml_config.merge_config_file`).
+        config_file (str): a yaml (with its ``_BASE_`` files, read by ``yaml.safe_load`` only).
         opts (sequence): command-line style ``KEY VALUE`` overrides.
         cpu_fallback (bool): set ``MODEL.DEVICE cpu`` (with a message) when the config asks for
             CUDA and no GPU is available, instead of failing later.

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, ResNet
 from torch import nn
 

@@ -14,7 +14,7 @@ from detectron2.modeling import build_model
 from ovd_world import load_train_net
 from regionclip import RegionCLIP, add_regionclip_config
 from regionclip.checkpoint import RegionCLIPCheckpointer
-from regionclip.clip import CLIPConfig, VisualConfig
+from regionclip.clip import CLIPConfig
 from regionclip.modeling.clip_arch import save_clip_arch
 from tiny_clip import TINY, TINY_OPTS, write_tiny_clip
 
