@@ -7,13 +7,11 @@
     dets = rc.detect("image.jpg", ["cat", "remote control", "sofa"])
 """
 import logging
-import os
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
-from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
@@ -22,7 +20,15 @@ from detectron2_ext.utils import resolve_device
 
 from .clip.prompts import check_templates, ensemble_text_embeddings
 from .config import load_config
+from .engine.checks import require_weights
 from .engine.trainer import load_model_weights
+from .inputs import (
+    check_boxes,
+    check_score_threshold,
+    read_rgb_image,
+    resize_to_min_side,
+    unique_names,
+)
 from .modeling.roi_heads import region_embeddings
 
 __all__ = ["RegionCLIP", "crop_and_resize", "read_rgb_image"]
@@ -30,35 +36,6 @@ __all__ = ["RegionCLIP", "crop_and_resize", "read_rgb_image"]
 logger = logging.getLogger(__name__)
 
 ImageLike = Union[str, np.ndarray]
-
-
-def read_rgb_image(image: ImageLike) -> np.ndarray:
-    """An HxWx3 uint8 RGB array from a path or an array (validated), with a clear error."""
-    if isinstance(image, (str, os.PathLike)):
-        if not os.path.isfile(image):
-            raise FileNotFoundError(f"image '{image}' does not exist")
-        try:
-            return utils.read_image(str(image), format="RGB")
-        except Exception as e:  # PIL raises several types for undecodable files
-            raise ValueError(f"could not decode image '{image}': {e}") from None
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ValueError(f"image must be an HxWx3 uint8 RGB array or a path, got an array of shape "
-                         f"{array.shape} and dtype {array.dtype}")
-    return array
-
-
-def _check_boxes(boxes, hw) -> np.ndarray:
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) if np.size(boxes) else np.zeros((0, 4))
-    if boxes.shape[0] == 0:
-        raise ValueError("boxes must be a non-empty (N, 4) XYXY array")
-    h, w = hw
-    bad = ~((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & (boxes[:, 0] < w)
-            & (boxes[:, 1] < h) & (boxes[:, 2] > 0) & (boxes[:, 3] > 0))
-    if bad.any():
-        raise ValueError(f"box {boxes[bad][0].tolist()} (XYXY) is empty or outside the "
-                         f"{w}x{h} image")
-    return boxes
 
 
 def crop_and_resize(rgb: np.ndarray, box, size: int, resize: str = "warp",
@@ -104,8 +81,11 @@ class RegionCLIP:
 
     @classmethod
     def from_config(cls, config_file: str, weights: Optional[str] = None, opts: Sequence = (),
-                    device: Optional[str] = None) -> "RegionCLIP":
+                    device: Optional[str] = None, random_weights: bool = False) -> "RegionCLIP":
         """Build the model of ``config_file`` and load its weights.
+
+        Files are read safely: the config with ``yaml.safe_load`` only, checkpoints and
+        embedding files without running code stored in them (docs/RELIABILITY.md).
 
         Args:
             config_file (str): a CLIPFastRCNN yaml (e.g. one of configs/*/CLIP_fast_rcnn_*.yaml).
@@ -115,6 +95,8 @@ class RegionCLIP:
             device (str or None): "cpu" or "cuda[:i]"; None takes the config's ``MODEL.DEVICE``
                 (after ``opts``), where ``cuda`` falls back to the CPU, with a message, when no
                 GPU is present. A device given here must exist.
+            random_weights (bool): allow a model without weights (no ``weights`` and an empty
+                ``MODEL.WEIGHTS``); otherwise that is an error.
         """
         cfg = load_config(config_file, opts, cpu_fallback=device is None)
         if cfg.MODEL.META_ARCHITECTURE != "CLIPFastRCNN":
@@ -122,6 +104,7 @@ class RegionCLIP:
                              f"{cfg.MODEL.META_ARCHITECTURE}")
         if weights is not None:
             cfg.MODEL.WEIGHTS = weights
+        require_weights(cfg, random_weights, "random_weights=True")
         cfg.MODEL.DEVICE = str(device if device is not None else cfg.MODEL.DEVICE)
         resolve_device(cfg.MODEL.DEVICE, "device" if device is not None else "MODEL.DEVICE")
         cfg.MODEL.CLIP.GET_CONCEPT_EMB = True  # the text encoder makes vocabularies on the fly
@@ -177,18 +160,17 @@ class RegionCLIP:
     def _prepare(self, image: ImageLike, boxes=None):
         rgb = read_rgb_image(image)
         h, w = rgb.shape[:2]
-        transform = self._resize.get_transform(rgb)
+        if boxes is not None:
+            boxes = check_boxes(boxes, (h, w))
+        transform = resize_to_min_side(self._resize.get_transform(rgb))
         resized = transform.apply_image(rgb)
         if self.cfg.INPUT.FORMAT == "BGR":
             resized = resized[:, :, ::-1]
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         inputs = {"image": tensor, "height": h, "width": w}
         if boxes is not None:
-            boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
-            if boxes.shape[0] == 0:
-                raise ValueError("boxes must be a non-empty (N, 4) XYXY array")
             inst = Instances(tensor.shape[1:])
-            inst.gt_boxes = Boxes(torch.as_tensor(transform.apply_box(boxes.numpy())))
+            inst.gt_boxes = Boxes(torch.as_tensor(transform.apply_box(boxes)))
             inputs["instances"] = inst
         return inputs
 
@@ -198,6 +180,8 @@ class RegionCLIP:
         pixels, on the model's device.
 
         The config's test-time resize (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``) applies.
+        Boxes are checked as :func:`regionclip.inputs.check_boxes` (errors for non-finite,
+        inverted, zero-area and out-of-image boxes; partly outside ones are clipped).
         """
         inputs = self._prepare(image, boxes)
         model = self.model
@@ -224,7 +208,8 @@ class RegionCLIP:
 
         Args:
             image: path or HxWx3 uint8 RGB array.
-            boxes: (N, 4) XYXY boxes in image pixels, N >= 1.
+            boxes: (N, 4) XYXY boxes in image pixels, N >= 1 (checked as in
+                :meth:`encode_regions`).
             resize (str): "warp" stretches each crop to a square (R-CNN); "center" resizes its
                 short side and keeps the central square (CLIP's own preprocessing).
             context (float): boxes are scaled by this factor about their centre before cropping
@@ -241,7 +226,7 @@ class RegionCLIP:
                              "(MODEL.CLIP.USE_CLIP_ATTPOOL True)")
         rgb = read_rgb_image(image)
         crops = [crop_and_resize(rgb, box, backbone.config.image_size, resize, context)
-                 for box in _check_boxes(boxes, rgb.shape[:2])]
+                 for box in check_boxes(boxes, rgb.shape[:2])]
         out = []
         for start in range(0, len(crops), batch_size):
             batch = [{"image": torch.as_tensor(np.ascontiguousarray(
@@ -261,11 +246,13 @@ class RegionCLIP:
 
         Args:
             image: path or HxWx3 uint8 RGB array.
-            vocabulary (sequence[str]): class names; embeddings are made on the fly.
+            vocabulary (sequence[str]): class names; embeddings are made on the fly. Repeated
+                names are kept once (with a warning), as on the demo's command line.
             boxes: optional (N, 4) XYXY regions in image pixels to classify instead of the
-                config's regions (offline RPN or ground truth).
-            score_threshold (float or None): detections must score above it (default: the
-                config's ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``). With ``MULTIPLY_RPN_SCORE`` and
+                config's regions (offline RPN or ground truth); checked as in
+                :meth:`encode_regions`.
+            score_threshold (float or None): detections must score above it, a number in
+                [0, 1] (default: the config's ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``). With ``MULTIPLY_RPN_SCORE`` and
                 ``VIS`` (the custom-image config) the threshold applies to
                 sqrt(probability * RPN logit) while the returned score is the class probability,
                 as in the original, so returned scores can be below it.
@@ -276,6 +263,8 @@ class RegionCLIP:
             pixels, best first.
         """
         vocabulary = list(vocabulary) if not isinstance(vocabulary, str) else [vocabulary]
+        vocabulary = unique_names([str(v) for v in vocabulary])
+        score_threshold = check_score_threshold(score_threshold)
         emb = self.encode_text(vocabulary, prompt_ensemble, templates)
         model = self.model
         predictor = model.roi_heads.box_predictor

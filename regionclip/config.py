@@ -584,16 +584,18 @@ def load_config(config_file: str, opts=(), cpu_fallback: bool = True) -> CfgNode
     """``get_cfg()`` + :func:`add_regionclip_config` + the yaml + ``KEY VALUE`` overrides (unfrozen).
 
     Args:
-        config_file (str): a yaml under configs/ (or any detectron2 yaml).
+        config_file (str): a yaml (with its ``_BASE_`` files, read by ``yaml.safe_load`` only).
         opts (sequence): command-line style ``KEY VALUE`` overrides.
         cpu_fallback (bool): set ``MODEL.DEVICE cpu`` (with a message) when the config asks for
             CUDA and no GPU is available, instead of failing later.
     """
     from detectron2.config import get_cfg
 
+    from .yaml_config import merge_config_file
+
     cfg = get_cfg()
     add_regionclip_config(cfg)
-    cfg.merge_from_file(config_file)
+    merge_config_file(cfg, config_file, "config file")
     cfg.merge_from_list(list(opts))
     if cpu_fallback and cfg.MODEL.DEVICE.startswith("cuda"):
         import torch

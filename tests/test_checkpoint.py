@@ -19,6 +19,7 @@ from regionclip.checkpoint import (
     load_clip_state_dict,
     map_clip_to_model,
 )
+from regionclip.checkpoint.safe_pickle import TRUST_ENV, UntrustedFileError
 from regionclip.clip import CLIP, CLIPConfig, TextConfig, TextTransformer, VisualConfig, build_clip
 from regionclip.modeling.backbone import CLIPResNetBackbone
 
@@ -136,12 +137,24 @@ def test_load_clip_state_dict_forms(tmp_path, openai_sd, form):
         assert torch.equal(loaded[key], value), key
 
 
-def test_untrusted_pickle_falls_back_with_message(tmp_path, openai_sd, caplog):
+def test_file_needing_full_unpickling_is_refused_unless_trusted(tmp_path, openai_sd, caplog,
+                                                                monkeypatch):
     path = tmp_path / "with_args.pth"
     torch.save({"model": openai_sd, "args": Namespace(lr=0.1)}, path)
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+    with pytest.raises(UntrustedFileError) as info:
+        load_clip_state_dict(str(path))
+    message = str(info.value)
+    assert str(path) in message and "argparse.Namespace" in message
+    assert f"{TRUST_ENV}={os.path.realpath(path)}" in message
+    # trusting another file does not trust this one
+    monkeypatch.setenv(TRUST_ENV, str(tmp_path / "other.pth"))
+    with pytest.raises(UntrustedFileError):
+        load_clip_state_dict(str(path))
+    monkeypatch.setenv(TRUST_ENV, os.pathsep.join([str(tmp_path / "other.pth"), str(path)]))
     with caplog.at_level(logging.WARNING):
         loaded = load_clip_state_dict(str(path))
-    assert "weights_only" in caplog.text and str(path) in caplog.text
+    assert TRUST_ENV in caplog.text and str(path) in caplog.text
     assert torch.equal(loaded["text_projection"], openai_sd["text_projection"])
 
 
@@ -325,18 +338,22 @@ def test_regionclip_checkpointer_openai_file_named_anything(tmp_path, openai_sd,
     assert_towers_equal(model, "lang_encoder.", openai_sd, "")
 
 
-def test_regionclip_checkpointer_native_and_mismatch(tmp_path, openai_sd, caplog):
+def test_regionclip_checkpointer_native_and_mismatch(tmp_path, openai_sd, monkeypatch):
     source = detection_model()
     with torch.no_grad():
         for tensor in source.state_dict().values():
             tensor.copy_(torch.randn_like(tensor))
-    # an old-style checkpoint with an object that torch.load(weights_only=True) refuses
-    torch.save({"model": source.state_dict(), "iteration": 7, "args": Namespace(lr=0.1)},
-               tmp_path / "native.pth")
+    # an old-style checkpoint with an object that torch.load(weights_only=True) refuses: read
+    # only when the user trusts it
+    path = tmp_path / "native.pth"
+    torch.save({"model": source.state_dict(), "iteration": 7, "args": Namespace(lr=0.1)}, path)
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+    with pytest.raises(UntrustedFileError, match="native.pth"):
+        RegionCLIPCheckpointer(detection_model()).load(str(path))
+    monkeypatch.setenv(TRUST_ENV, str(path))
     model = detection_model()
-    with caplog.at_level(logging.WARNING):
-        extra = RegionCLIPCheckpointer(model).load(str(tmp_path / "native.pth"))
-    assert "weights_only" in caplog.text and extra["iteration"] == 7
+    extra = RegionCLIPCheckpointer(model).load(str(path))
+    assert extra["iteration"] == 7
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
 

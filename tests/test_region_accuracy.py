@@ -100,9 +100,9 @@ def test_encode_crops_bad_input(tiny):
     rgb = _image(32, 32, 1)
     with pytest.raises(ValueError, match="non-empty"):
         rc.encode_crops(rgb, [])
-    with pytest.raises(ValueError, match="empty or outside"):
+    with pytest.raises(ValueError, match="zero area"):
         rc.encode_crops(rgb, [[10, 10, 10, 20]])
-    with pytest.raises(ValueError, match="empty or outside"):
+    with pytest.raises(ValueError, match="outside the image"):
         rc.encode_crops(rgb, [[40, 0, 50, 8]])
     with pytest.raises(ValueError, match="resize"):
         rc.encode_crops(rgb, [[0, 0, 8, 8]], resize="stretch")

@@ -92,9 +92,11 @@ def _build(config, opts):
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
+    from regionclip.yaml_config import merge_config_file
+
     cfg = get_cfg()
     regionclip.add_regionclip_config(cfg)
-    cfg.merge_from_file(config)
+    merge_config_file(cfg, config)
     cfg.merge_from_list(["MODEL.DEVICE", _DEVICE] + list(opts))
     model = build_model(cfg)
     _realistic_random_weights(model)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Train or evaluate RegionCLIP models (same command line as the original's tools/train_net.py).
 
-    python tools/train_net.py --config-file CONFIG [--eval-only] [--resume] [--num-gpus N]
+    python tools/train_net.py --config-file CONFIG [--eval-only [--random-weights]] [--resume]
+        [--num-gpus N]
         [--num-machines M --machine-rank R --dist-url URL]
         [--register-coco NAME JSON IMAGE_ROOT [all|base|novel]]... [--novel-classes FILE|a,b]
         [KEY VALUE ...]
@@ -12,7 +13,8 @@ processes run: with ``cuda`` (the default) ``--num-gpus N`` starts N processes j
 GPU each (``cuda:<local rank>``); with ``cpu`` (also chosen when no GPU is present) N CPU
 processes joined by gloo. ``SOLVER.AMP.ENABLED True`` (mixed precision) needs CUDA. ``--register-coco``
 registers one's own COCO-format datasets with a base/novel split for ``DATASETS.TRAIN`` and
-``DATASETS.TEST`` (docs/CUSTOM_DATASETS.md).
+``DATASETS.TEST`` (docs/CUSTOM_DATASETS.md). ``--eval-only`` without ``MODEL.WEIGHTS`` is an
+error unless ``--random-weights`` says that a random model is meant (docs/RELIABILITY.md).
 """
 import logging
 
@@ -28,6 +30,7 @@ from detectron2_ext.utils import process_device, resolve_device
 from regionclip.config import load_config
 from regionclip.data.datasets.custom_ovd import add_register_arguments, register_from_args
 from regionclip.engine import Trainer, load_model_weights
+from regionclip.engine.checks import require_weights
 
 
 def setup(args):
@@ -54,6 +57,8 @@ def main(args):
     cfg = setup(args)
     setup_package_loggers(cfg)
     if args.eval_only:
+        require_weights(cfg, getattr(args, "random_weights", False), "--random-weights",
+                        resume=args.resume)
         model = Trainer.build_model(cfg)
         load_model_weights(cfg, model, resume=args.resume)
         res = Trainer.test(cfg, model)
@@ -65,10 +70,20 @@ def main(args):
     return trainer.train()
 
 
+def build_parser():
+    """detectron2's command line, ``--register-coco`` / ``--novel-classes`` and
+    ``--random-weights``."""
+    parser = add_register_arguments(default_argument_parser())
+    parser.add_argument("--random-weights", action="store_true",
+                        help="with --eval-only and no MODEL.WEIGHTS: evaluate a randomly "
+                        "initialised model on purpose (otherwise an error)")
+    return parser
+
+
 def invoke_main():
     # Many dataloader workers with shared tensors exhaust file descriptors (as the original).
     torch.multiprocessing.set_sharing_strategy("file_system")
-    args = add_register_arguments(default_argument_parser()).parse_args()
+    args = build_parser().parse_args()
     print("Command Line Args:", args)
     register_from_args(args)  # bad --register-coco input: one clear error before any process starts
     device = resolve_device(load_config(args.config_file, args.opts).MODEL.DEVICE)

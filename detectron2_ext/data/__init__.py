@@ -4,11 +4,13 @@ data stream is saved and restored (exact resume)."""
 from .image_text import (  # noqa: F401
     DatasetEntry,
     ImageTextTSVDataset,
+    SkipSample,
     decode_image_bytes,
     discover_tsv_pairs,
     expand_dataset_entries,
     is_image_tsv_name,
     text_tsv_name,
+    to_rgb8,
 )
 from .image_text_loader import (  # noqa: F401
     SKIPPED_METRIC,

@@ -11,9 +11,10 @@ image TSV's name with every occurrence of the **first** of these markers found i
 ``images`` -> ``text``, else ``image`` -> ``text``, else ``img`` -> ``caption`` (so
 ``cc3m.images.tsv`` pairs with ``cc3m.text.tsv`` and ``part_img.tsv`` with ``part_caption.tsv``).
 
-Samples that cannot be used -- an image that does not decode, a text without any caption -- are
-skipped and counted, never silently: ``__getitem__`` returns None, increments ``num_skipped`` and
-logs the first few with file, row and key. The loader (:mod:`detectron2_ext.data.image_text_loader`)
+Samples that cannot be used -- an image that does not decode, a text without any caption, an image
+the ``transform`` refuses (:class:`SkipSample`) -- are skipped and counted, never silently:
+``__getitem__`` returns None, increments ``num_skipped`` and logs the first few with file, row and
+key. The loader (:mod:`detectron2_ext.data.image_text_loader`)
 drops the Nones and reports the running total.
 """
 import base64
@@ -23,14 +24,15 @@ import logging
 import os
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from PIL import Image
 
 from .tsv import TSVFileList
 
 __all__ = ["ImageTextTSVDataset", "DatasetEntry", "discover_tsv_pairs", "text_tsv_name",
-           "is_image_tsv_name", "expand_dataset_entries", "decode_image_bytes",
-           "IMAGE_TSV_MARKERS"]
+           "is_image_tsv_name", "expand_dataset_entries", "decode_image_bytes", "to_rgb8",
+           "SkipSample", "IMAGE_TSV_MARKERS"]
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +151,36 @@ def expand_dataset_entries(names: Sequence[str], factories: Sequence[str],
     return entries
 
 
+class SkipSample(Exception):
+    """Raised by a dataset's ``transform`` for a sample it cannot use: the dataset skips and
+    counts the sample (the message is the reason) instead of failing the run."""
+
+
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """The image as 8-bit RGB; 16-bit grayscale is scaled, not clipped.
+
+    PIL's ``convert("RGB")`` clips integer grayscale to 255, so a 16-bit PNG becomes almost white.
+    Here modes ``I;16*`` are scaled from [0, 65535] to [0, 255]; mode ``I`` (32-bit integers)
+    likewise when a value exceeds 255 (16-bit data), else taken as 8-bit values. Other modes go
+    through ``convert("RGB")``.
+
+    Args:
+        image (PIL.Image.Image): a decoded image.
+
+    Returns:
+        PIL.Image.Image: mode ``RGB``.
+    """
+    if image.mode.startswith("I"):
+        values = np.asarray(image).astype(np.float64)
+        if image.mode != "I" or values.max(initial=0) > 255:
+            values = np.clip(values, 0, 65535) / 257.0
+        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L") \
+            .convert("RGB")
+    return image.convert("RGB")
+
+
 def decode_image_bytes(data: bytes) -> Tuple[Optional[Image.Image], Optional[str]]:
-    """Decode encoded image bytes to an RGB PIL image.
+    """Decode encoded image bytes to an 8-bit RGB PIL image (:func:`to_rgb8`).
 
     Args:
         data (bytes): JPEG, PNG or any format PIL reads.
@@ -160,7 +190,7 @@ def decode_image_bytes(data: bytes) -> Tuple[Optional[Image.Image], Optional[str
     """
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return image.convert("RGB"), None
+            return to_rgb8(image), None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         return None, f"image does not decode ({type(e).__name__}: {e})"
 
@@ -272,6 +302,10 @@ class ImageTextTSVDataset(torch.utils.data.Dataset):
             return None
         orig_size = (image.height, image.width)
         if self.transform is not None:
-            image = self.transform(image)
+            try:
+                image = self.transform(image)
+            except SkipSample as e:
+                self._skips.skip(self._where(index, key), str(e))
+                return None
         return {"image": image, "captions": captions, "key": key,
                 "dataset": self.dataset_names[which], "orig_size": orig_size}

@@ -24,7 +24,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import torch
 from detectron2.utils import comm
 
-from .image_text import SkipLogger, decode_image_bytes
+from .image_text import SkipLogger, SkipSample, decode_image_bytes
 
 __all__ = ["WebDatasetImageText", "list_shards", "iterate_shard_records", "sample_text",
            "IMAGE_EXTENSIONS"]
@@ -104,24 +104,33 @@ def sample_text(sample: Dict[str, bytes]) -> Optional[str]:
 
 
 class _ShardErrorHandler:
-    """webdataset exception handler: log a broken shard (naming it) and continue."""
+    """webdataset exception handler: log a broken shard (naming it), report it, continue."""
+
+    def __init__(self, on_error: Optional[Callable[[Exception], None]] = None):
+        self.on_error = on_error
 
     def __call__(self, exn: Exception) -> bool:
         logger.warning("WebDataset read error, rest of the shard skipped: %s", exn)
+        if self.on_error is not None:
+            self.on_error(exn)
         return True
 
 
-def iterate_shard_records(shards: Sequence[str]) -> Iterator[dict]:
+def iterate_shard_records(shards: Sequence[str],
+                          on_error: Optional[Callable[[Exception], None]] = None
+                          ) -> Iterator[dict]:
     """Raw samples of shards in order: dicts of extension -> bytes plus ``__key__``/``__url__``.
 
     Args:
         shards (Sequence[str]): tar files.
+        on_error (callable): called with each read error (a damaged shard: the rest of it is
+            skipped; the error names the shard); errors are logged in any case.
 
     Yields:
         dict: one per sample key.
     """
     wds = _webdataset()
-    stage = wds.tarfile_to_samples(handler=_ShardErrorHandler())
+    stage = wds.tarfile_to_samples(handler=_ShardErrorHandler(on_error))
     yield from stage(iter([{"url": s} for s in shards]))
 
 
@@ -222,7 +231,7 @@ class WebDatasetImageText(torch.utils.data.IterableDataset):
             shards = self.shards_of(epoch, worker, num_workers)
             if not shards:
                 return
-            records = iterate_shard_records(shards)
+            records = iterate_shard_records(shards, on_error=self._read_error)
             if self.shuffle and self.shuffle_buffer > 1:
                 rng = random.Random(hash((self.seed, epoch, comm.get_rank(), worker)))
                 records = _shuffled(records, self.shuffle_buffer, rng)
@@ -232,6 +241,10 @@ class WebDatasetImageText(torch.utils.data.IterableDataset):
             if not self.repeat:
                 return
             epoch, skip = epoch + 1, 0
+
+    def _read_error(self, exn: Exception) -> None:
+        # counted with the skipped samples: the rest of the shard is lost
+        self._skips.skip("a WebDataset shard", f"read error, rest of the shard skipped ({exn})")
 
     def convert(self, record: dict) -> Optional[dict]:
         """A raw record (see :meth:`records`) -> the sample dict, or None if it is skipped."""
@@ -260,7 +273,11 @@ class WebDatasetImageText(torch.utils.data.IterableDataset):
             return None
         orig_size = (image.height, image.width)
         if self.transform is not None:
-            image = self.transform(image)
+            try:
+                image = self.transform(image)
+            except SkipSample as e:
+                self._skips.skip(where, str(e))
+                return None
         return {"image": image, "captions": captions, "key": key, "dataset": self.names[url],
                 "orig_size": orig_size}
 

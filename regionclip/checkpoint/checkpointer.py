@@ -3,6 +3,7 @@ checkpoint."""
 import copy
 import logging
 import os
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping
@@ -16,7 +17,14 @@ from regionclip.clip.model import OPENAI_METADATA_KEYS
 
 from .clip_keys import ShapeMismatch, has_openai_clip_keys, map_clip_to_model
 from .clip_weights import load_clip_state_dict
-from .io import extract_state_dict, is_torchscript_archive, read_torch_file, rename_metadata
+from .guards import check_backbone_shapes, drop_classifier_named_by_config
+from .io import (
+    CheckpointFileError,
+    extract_state_dict,
+    is_torchscript_archive,
+    read_torch_file,
+    rename_metadata,
+)
 from .resume_files import LAST_CHECKPOINT, choose_resume_checkpoint, write_atomically
 
 __all__ = ["RegionCLIPCheckpointer", "OfflineLoadReport", "load_offline_rpn_weights",
@@ -57,6 +65,18 @@ def _drop_intentionally_unused(state_dict, model, log):
                      prefix, what)
             for k in keys:
                 del state_dict[k]
+
+
+def _model_zoo_pkl(data, path: str) -> dict:
+    """detectron2's reading of a ``.pkl`` model file, on data read without running code."""
+    if not isinstance(data, Mapping):
+        raise CheckpointFileError(f"{path}: a .pkl model file holds a dict, got "
+                                  f"{type(data).__name__}")
+    if "model" in data and "__author__" in data:  # detectron2 model zoo
+        return dict(data)
+    blobs = data.get("blobs", data)  # Caffe2 / Detectron: detection models keep them in "blobs"
+    return {"model": {k: v for k, v in blobs.items() if not k.endswith("_momentum")},
+            "__author__": "Caffe2", "matching_heuristics": True}
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -114,6 +134,10 @@ class RegionCLIPCheckpointer(DetectionCheckpointer):
         return choose_resume_checkpoint(self.save_dir, self.logger)
 
     def _load_file(self, filename):
+        self._loading = filename
+        if os.path.isfile(filename) and filename.endswith(".pkl") \
+                and not zipfile.is_zipfile(filename):
+            return _model_zoo_pkl(read_torch_file(filename), filename)
         if is_torchscript_archive(filename):
             return {"model": load_clip_state_dict(filename), _CLIP_FORMAT: True,
                     "__author__": "OpenAI CLIP (TorchScript archive)"}
@@ -131,14 +155,22 @@ class RegionCLIPCheckpointer(DetectionCheckpointer):
         return loaded
 
     def _torch_load(self, f):
-        # DetectionCheckpointer's hook for plain torch files: weights_only=True first, then a
-        # warned fallback (old RegionCLIP checkpoints may hold objects the safe reader refuses).
-        return read_torch_file(f)
+        # DetectionCheckpointer's hook for plain torch files: no code stored in the file runs
+        # (refused unless REGIONCLIP_TRUST_PICKLE names the file; see read_torch_file)
+        loaded = read_torch_file(f)
+        if not isinstance(loaded, Mapping):
+            raise CheckpointFileError(f"{f} holds a {type(loaded).__name__}, not a checkpoint (a "
+                                      f"dict of tensors, or a dict with a 'model' state dict)")
+        return loaded
 
     def _load_model(self, checkpoint):
         model = _unwrap(self.model)
         if not checkpoint.get(_CLIP_FORMAT, False):
             _drop_intentionally_unused(checkpoint["model"], model, self.logger)
+            drop_classifier_named_by_config(checkpoint["model"], model, self.logger)
+            if not checkpoint.get("matching_heuristics", False):
+                check_backbone_shapes(checkpoint["model"], model.state_dict(),
+                                      getattr(self, "_loading", "the checkpoint"))
         if checkpoint.pop(_CLIP_FORMAT, False):
             model = _unwrap(self.model)
             mapped, report = map_clip_to_model(checkpoint["model"], model, raise_on_mismatch=True)

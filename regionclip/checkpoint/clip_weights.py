@@ -13,7 +13,7 @@ from regionclip.clip.model import OPENAI_METADATA_KEYS
 from regionclip.modeling.backbone.clip_resnet import CLIPResNetBackbone
 
 from .clip_keys import ClipMappingReport, group_clip_keys, has_clip_groups, map_clip_to_model
-from .io import extract_state_dict, is_torchscript_archive, read_torch_file
+from .io import extract_state_dict, read_torch_file
 
 __all__ = ["load_clip_state_dict", "convert_openai_clip", "build_clip_towers"]
 
@@ -25,9 +25,10 @@ StateDictSource = Union[str, os.PathLike, Mapping[str, torch.Tensor]]
 def load_clip_state_dict(path: str) -> "OrderedDict[str, torch.Tensor]":
     """Read the weights of a CLIP checkpoint on the CPU.
 
-    Accepted forms: OpenAI's TorchScript archive (its tensors are read with ``torch.jit.load``,
-    which runs no model code), a ``torch.save`` state dict with OpenAI key names (plain, or wrapped
-    as ``{"model": sd}`` / ``{"state_dict": sd}``, ``module.`` prefixes removed), the original's
+    Accepted forms: OpenAI's TorchScript archive (parameters and buffers read without compiling
+    or running its code, see :func:`read_torch_file`), a ``torch.save`` state dict with OpenAI
+    key names (plain, or wrapped as ``{"model": sd}`` / ``{"state_dict": sd}``, ``module.``
+    prefixes removed), the original's
     ``teacher_*_student_*_OAI_CLIP.pth`` files (OpenAI keys plus a teacher copy of the image tower
     under ``teacher_visual.*`` or ``teacher_backbone.*``), and files with model-style names
     (``backbone.*``, ``teacher_backbone.*``, ``lang_encoder.*``, e.g. RegionCLIP checkpoints).
@@ -43,11 +44,7 @@ def load_clip_state_dict(path: str) -> "OrderedDict[str, torch.Tensor]":
         ValueError: if the file holds neither CLIP nor model-style CLIP keys.
     """
     path = os.fspath(path)
-    if is_torchscript_archive(path):
-        module = torch.jit.load(path, map_location="cpu")
-        state_dict = OrderedDict((k, v.detach()) for k, v in module.state_dict().items())
-    else:
-        state_dict = extract_state_dict(read_torch_file(path), path)
+    state_dict = extract_state_dict(read_torch_file(path), path)
     for key in OPENAI_METADATA_KEYS:
         state_dict.pop(key, None)
     if not has_clip_groups(state_dict):

@@ -1,21 +1,35 @@
 """Reading checkpoint files: TorchScript archives, torch pickles, state-dict wrappers.
 
-Nothing here looks at file names to decide what a file holds: the format is read from the file's
-structure (a TorchScript zip archive or a torch pickle) and its content from its keys.
+Nothing here looks at file names to decide what a file holds (except ``.pkl``, which means a
+detectron2 / Caffe2 model file as in detectron2): the format is read from the file's structure (a
+TorchScript zip archive or a torch pickle) and its content from its keys. No reader runs code
+stored in a file (see :mod:`regionclip.checkpoint.safe_pickle`).
 """
 import logging
 import os
 import pickle
+import re
 import zipfile
 from collections import OrderedDict
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from .safe_pickle import (
+    TRUST_ENV,
+    CheckpointFileError,
+    UntrustedFileError,
+    is_trusted,
+    read_numpy_pickle,
+    read_torchscript_state_dict,
+    torch_safe_globals,
+    untrusted_message,
+)
+
 __all__ = ["is_torchscript_archive", "read_torch_file", "extract_state_dict", "strip_prefix",
-           "rename_metadata"]
+           "rename_metadata", "CheckpointFileError", "UntrustedFileError"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,32 +62,72 @@ def is_torchscript_archive(path: str) -> bool:
     return any(name.split("/", 1)[-1] == "constants.pkl" or "/code/" in name for name in names)
 
 
-def read_torch_file(path: str) -> Any:
-    """Read a ``torch.save`` file (or a detectron2 ``.pkl``) on the CPU.
+def _refusal(error: Exception) -> Optional[str]:
+    """What a weights-only refusal says the file needs, or None if the file is simply damaged."""
+    text = str(error)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"the Python object {found.group(1)}"
+    if "Unsupported operand" in text or "WeightsUnpickler error" not in text:
+        return None
+    detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+    return f"objects that torch.load(weights_only=True) refuses ({detail})"
 
-    ``torch.load(weights_only=True)`` is tried first. If the file holds objects that the
-    weights-only reader refuses, a warning explains why and the file is read with
-    ``weights_only=False``, which can run code stored in the file (only use files you trust).
-    ``.pkl`` files are read like detectron2 reads its model-zoo files (pickle, latin1).
+
+def _damaged(path: str, error: Exception) -> CheckpointFileError:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return CheckpointFileError(
+        f"{path} ({os.path.getsize(path)} bytes) is not a readable checkpoint "
+        f"({type(error).__name__}{': ' + reason[:200] if reason else ''}). Is it complete? An "
+        f"interrupted download or copy, or a web page saved in its place (e.g. a download "
+        f"warning page), look like this.")
+
+
+def read_torch_file(path: str) -> Any:
+    """Read a checkpoint, embedding file or concept pool on the CPU; no code stored in the file
+    runs.
+
+    * ``torch.save`` files: ``torch.load(weights_only=True)`` with NumPy arrays, dtypes and
+      scalars also allowed (see :mod:`regionclip.checkpoint.safe_pickle`).
+    * TorchScript archives (OpenAI CLIP): their parameters and buffers, as an OrderedDict.
+    * ``.pkl`` files (detectron2 / Caffe2 model zoo): NumPy arrays in plain containers.
+
+    A file that needs more (any other Python object) is refused, unless the environment variable
+    ``REGIONCLIP_TRUST_PICKLE`` names it: then it is read with full unpickling, with a warning.
 
     Args:
         path (str): file path.
 
     Returns:
         object: the stored object.
+
+    Raises:
+        FileNotFoundError: no such file.
+        UntrustedFileError: the file needs full unpickling and is not trusted.
+        CheckpointFileError: the file is empty, truncated or not a checkpoint.
     """
     _check_file(path)
-    if path.endswith(".pkl"):
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+    if os.path.getsize(path) == 0:
+        raise CheckpointFileError(f"{path} is empty (0 bytes): an interrupted download, copy "
+                                  f"or save? Replace it with a complete file.")
+    if is_torchscript_archive(path):
+        return read_torchscript_state_dict(path)
+    if path.endswith(".pkl") and not zipfile.is_zipfile(path):
+        return read_numpy_pickle(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(torch_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        logger.warning("%s cannot be read with torch.load(weights_only=True) (%s); reading it with "
-                       "weights_only=False, which can execute code stored in the file: only do "
-                       "this with files you trust.", path, reason)
-        return torch.load(path, map_location="cpu", weights_only=False)
+        needs = _refusal(error)
+        if needs is None:
+            raise _damaged(path, error) from None
+        if not is_trusted(path):
+            raise UntrustedFileError(untrusted_message(path, needs)) from None
+        logger.warning("%s needs %s: reading it with full unpickling, because %s names it as "
+                       "trusted.", path, needs, TRUST_ENV)
+    except Exception as error:  # EOFError, KeyError, RuntimeError (bad zip), ... from torch.load
+        raise _damaged(path, error) from None
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def rename_metadata(state_dict: Mapping, mapping) -> Dict[str, dict]:

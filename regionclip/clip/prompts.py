@@ -147,6 +147,37 @@ def check_templates(templates: Sequence[str]) -> Tuple[str, ...]:
     return templates
 
 
+_WARNED_LONG = set()  # names already warned about (once per process)
+
+
+def warn_long_names(names: Sequence[str], templates: Sequence[str], tokenizer,
+                    context_length: int = CONTEXT_LENGTH) -> List[str]:
+    """Warn (once per name and process) about names whose prompts exceed ``context_length``
+    tokens and are therefore cut, as the original cut them.
+
+    Args:
+        names (sequence[str]): the names.
+        templates (sequence[str]): the prompt templates they go into (``["{}"]``: none).
+        tokenizer: with ``encode(text) -> ids`` (otherwise nothing is checked).
+        context_length (int): token row length, start and end tokens included.
+
+    Returns:
+        list[str]: the names newly warned about.
+    """
+    encode = getattr(tokenizer, "encode", None)
+    if encode is None:
+        return []
+    extra = max(len(encode(t.replace("{}", ""))) for t in templates) + 2  # SOT + EOT
+    long = [n for n in dict.fromkeys(names)
+            if n not in _WARNED_LONG and len(encode(n)) + extra > context_length]
+    if long:
+        _WARNED_LONG.update(long)
+        logger.warning("%d name(s) have prompts longer than %d tokens and are cut to that length "
+                       "(the end of the name is lost): %s", len(long), context_length,
+                       [n if len(n) <= 60 else n[:57] + "..." for n in long[:5]])
+    return long
+
+
 def encoder_device(text_encoder) -> torch.device:
     """Where token ids for ``text_encoder`` go: the device of the module it is (or is a method
     of); the CPU for a plain function without parameters."""
@@ -202,6 +233,8 @@ def ensemble_text_embeddings(text_encoder: Callable[[torch.Tensor], torch.Tensor
     device = device if device is not None else encoder_device(text_encoder)
     templates = PROMPT_TEMPLATES if templates is None else check_templates(templates)
     per_name = len(templates) if prompt_ensemble else 1
+    if truncate:
+        warn_long_names(names, templates if prompt_ensemble else ["{}"], tokenizer, context_length)
     names_per_batch = max(1, batch_size // per_name)
     steps = range(0, len(names), names_per_batch)
     if progress:

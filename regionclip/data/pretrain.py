@@ -30,6 +30,7 @@ from PIL import Image
 from detectron2.utils import comm
 from detectron2_ext.data import (
     ImageTextTSVDataset,
+    SkipSample,
     WebDatasetImageText,
     build_skipping_train_loader,
     discover_tsv_pairs,
@@ -64,10 +65,12 @@ def parse_text_field(text: str, rng=random, max_captions: int = MAX_CAPTIONS,
 
     A JSON object may hold ``"captions"`` (list of strings) and/or ``"tags"`` (a string of words):
     if both, one of them is chosen at random. Captions give the first ``max_captions`` entries
-    (blank ones dropped; a single string counts as a one-element list, where the original would
-    have taken its first characters). Tags are split on white space, shuffled, joined with spaces
-    and put into **one** random template with :func:`prompt_engineering`. Text that is not a JSON
-    object is one raw caption.
+    (blank and JSON ``null`` ones dropped; a single string counts as a one-element list, where the
+    original would have taken its first characters). Tags are split on white space, shuffled,
+    joined with spaces and put into **one** random template with :func:`prompt_engineering`.
+    Text that is not a JSON object is one raw caption. JSON ``null`` (the whole field,
+    ``"captions": null`` or ``"tags": null``) is no caption: the sample is skipped and counted
+    instead of being trained on the word "null".
 
     Args:
         text (str): the text field.
@@ -82,6 +85,9 @@ def parse_text_field(text: str, rng=random, max_captions: int = MAX_CAPTIONS,
         value = json.loads(text)
     except (json.JSONDecodeError, ValueError):
         value = None
+    else:
+        if value is None:  # JSON null: no caption (not the word "null")
+            return []
     if not isinstance(value, dict):
         return [text] if text.strip() else []
     keys = [k for k in value if k in ("captions", "tags")]
@@ -90,11 +96,15 @@ def parse_text_field(text: str, rng=random, max_captions: int = MAX_CAPTIONS,
     key = rng.choice(keys)
     if key == "captions":
         captions = value["captions"]
-        captions = [captions] if isinstance(captions, str) else captions
-        if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+        captions = [] if captions is None else [captions] if isinstance(captions, str) \
+            else captions
+        if not isinstance(captions, list) or \
+                not all(c is None or isinstance(c, str) for c in captions):
             raise ValueError(f'"captions" must be a list of strings, got {captions!r:.80}')
-        return [c for c in captions[:max_captions] if c.strip()]
+        return [c for c in captions[:max_captions] if c is not None and c.strip()]
     tags = value["tags"]
+    if tags is None:
+        return []
     tags = " ".join(tags) if isinstance(tags, list) else tags
     if not isinstance(tags, str):
         raise ValueError(f'"tags" must be a string of words, got {tags!r:.80}')
@@ -188,8 +198,17 @@ class PretrainTransform:
                 f"interpolation={self.interpolation.name}, flip_prob={self.flip_prob})")
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        """RGB PIL image -> FloatTensor (3, H, W) in [0, 1]."""
+        """RGB PIL image -> FloatTensor (3, H, W) in [0, 1].
+
+        Raises:
+            SkipSample: an image so elongated that a side would become 0 pixels (the dataset
+                skips and counts it).
+        """
         new_size = resized_size(image.width, image.height, self.size, self.max_size)
+        if min(new_size) < 1:
+            raise SkipSample(f"a {image.width}x{image.height} image (aspect ratio "
+                             f"{max(image.size) / max(min(image.size), 1):.0f}:1) would be "
+                             f"resized to {new_size[0]}x{new_size[1]} pixels")
         if new_size != image.size:
             image = image.resize(new_size, self.interpolation)
         if torch.rand(1).item() < self.flip_prob:

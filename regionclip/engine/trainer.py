@@ -17,6 +17,7 @@ from detectron2_ext.evaluation import COCOSplitEvaluator, LVISEvaluatorCompat, P
 from detectron2_ext.utils import check_amp_device
 
 from ..checkpoint import RegionCLIPCheckpointer, load_offline_rpn_weights
+from .checks import check_test_classifier
 from ..data.mappers import build_test_mapper
 from ..data.pretrain import build_pretrain_train_loader, is_image_text_config
 
@@ -138,6 +139,13 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         return build_detection_test_loader(cfg, dataset_name, mapper=build_test_mapper(cfg))
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """detectron2's evaluation, after checking that the test classifier has one row per
+        class of each test set (:func:`~regionclip.engine.checks.check_test_classifier`)."""
+        check_test_classifier(cfg, model)
+        return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -137,9 +137,15 @@ def read_templates_file(path: str) -> List[str]:
 def load_boxes_json(path: str, images: Sequence[str]) -> Dict[str, np.ndarray]:
     """Given regions per image from ``{image: [[x0, y0, x1, y1], ...]}`` (keys: path or file name).
 
+    Boxes are checked against each image's size (:func:`regionclip.inputs.check_boxes`):
+    non-finite, inverted, zero-area and out-of-image boxes are errors; partly outside ones are
+    clipped.
+
     Raises:
-        ValueError: bad json, an image without an entry, or a malformed or empty box list.
+        ValueError: bad json, an image without an entry, or a malformed, empty or bad box.
     """
+    from regionclip.inputs import check_boxes, image_size
+
     table = read_json(path, "--boxes-json")
     if not isinstance(table, dict):
         raise ValueError(f"--boxes-json '{path}' must map image paths to box lists")
@@ -149,11 +155,16 @@ def load_boxes_json(path: str, images: Sequence[str]) -> Dict[str, np.ndarray]:
         if key not in table:
             raise ValueError(f"--boxes-json '{path}' has no boxes for image '{image}' (keys are "
                              "image paths as given or file names)")
-        boxes = np.asarray(table[key], dtype=np.float32)
+        where = f"--boxes-json '{path}', image '{key}'"
+        try:
+            boxes = np.asarray(table[key], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected a list of [x0, y0, x1, y1] numbers, got "
+                             f"{table[key]!r:.100}") from None
         if boxes.ndim != 2 or boxes.shape[1] != 4 or len(boxes) == 0:
-            raise ValueError(f"--boxes-json '{path}', image '{key}': expected a non-empty list of "
-                             f"[x0, y0, x1, y1], got shape {boxes.shape}")
-        out[image] = boxes
+            raise ValueError(f"{where}: expected a non-empty list of [x0, y0, x1, y1], got "
+                             f"shape {boxes.shape}")
+        out[image] = check_boxes(boxes, image_size(image), where)
     return out
 
 
@@ -241,12 +252,11 @@ def _model_opts(config_file: str, weights: Optional[str], opts: Sequence[str]) -
     from detectron2.config import get_cfg
 
     from regionclip.config import add_regionclip_config
+    from regionclip.yaml_config import merge_config_file
 
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"--config-file '{config_file}' does not exist")
     cfg = get_cfg()
     add_regionclip_config(cfg)
-    cfg.merge_from_file(config_file)
+    merge_config_file(cfg, config_file, "--config-file")
     cfg.merge_from_list(list(opts))
     if not (weights or cfg.MODEL.WEIGHTS):
         raise ValueError("no checkpoint: give --weights (a RegionCLIP or OpenAI CLIP file)")
@@ -269,9 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-file", default=DEFAULT_CONFIG, help="a CLIPFastRCNN yaml")
     parser.add_argument("--weights", default=None, help="checkpoint (MODEL.WEIGHTS)")
     parser.add_argument("--score-threshold", type=float, default=None,
-                        help="minimum score (default: the config's SCORE_THRESH_TEST); with RPN "
-                        "regions and MULTIPLY_RPN_SCORE it applies to sqrt(prob * objectness) "
-                        "while the reported score is the class probability (MODEL.CLIP.VIS)")
+                        help="minimum score in [0, 1] (default: the config's "
+                        "SCORE_THRESH_TEST); with RPN regions and MULTIPLY_RPN_SCORE it applies "
+                        "to sqrt(prob * objectness) while the reported score is the class "
+                        "probability (MODEL.CLIP.VIS)")
     parser.add_argument("--boxes-json", default=None,
                         help="json {image: [[x0, y0, x1, y1], ...]} of regions to classify")
     parser.add_argument("--templates", default=None,
@@ -290,9 +301,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     from regionclip.api import RegionCLIP
 
+    from regionclip.inputs import check_score_threshold
+
     args = build_parser().parse_args(argv)
     if len(args.opts) % 2:
         raise ValueError(f"--opts needs KEY VALUE pairs, got {args.opts}")
+    check_score_threshold(args.score_threshold, "--score-threshold")
     vocabulary = resolve_vocabulary(args.vocabulary)
     images = list_images(args.input)
     boxes = load_boxes_json(args.boxes_json, images) if args.boxes_json else None

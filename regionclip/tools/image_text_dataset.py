@@ -78,11 +78,13 @@ def _file_loader(path):
 
 
 def _as_captions(value, where: str) -> List[str]:
+    if value is None:  # JSON null: no caption
+        return []
     values = [value] if isinstance(value, str) else value
-    if not isinstance(values, list) or not all(isinstance(c, str) for c in values):
+    if not isinstance(values, list) or not all(c is None or isinstance(c, str) for c in values):
         raise ValueError(f"{where}: captions must be a string or a list of strings, got "
                          f"{value!r:.80}")
-    return [c.strip() for c in values if c.strip()]
+    return [c.strip() for c in values if c is not None and c.strip()]
 
 
 def read_caption_file(path: str) -> "OrderedDict[str, List[str]]":
@@ -127,9 +129,20 @@ def read_caption_file(path: str) -> "OrderedDict[str, List[str]]":
     return captions
 
 
+def _image_files(images_dir: str) -> List[str]:
+    """Image files under ``images_dir`` (recursive), as paths relative to it."""
+    found = []
+    for root, dirs, files in os.walk(images_dir):
+        dirs.sort()
+        found += [os.path.relpath(os.path.join(root, f), images_dir) for f in sorted(files)
+                  if os.path.splitext(f)[1].lower() in FILE_IMAGE_EXTENSIONS]
+    return found
+
+
 def records_from_mapping(images_dir: str, captions: Dict[str, List[str]],
                          problems: List[str]) -> List[Record]:
-    """Records of a caption mapping; missing files and caption-less entries go to ``problems``."""
+    """Records of a caption mapping; missing files, caption-less entries and image files that
+    the mapping does not mention go to ``problems``."""
     records = []
     for name, caps in captions.items():
         path = os.path.join(images_dir, name)
@@ -139,6 +152,9 @@ def records_from_mapping(images_dir: str, captions: Dict[str, List[str]],
             problems.append(f"no caption for {path}")
         else:
             records.append(Record(make_key(name), _file_loader(path), caps, path))
+    named = {os.path.normpath(name) for name in captions}
+    problems += [f"no caption for {os.path.join(images_dir, f)} (not in the captions file)"
+                 for f in _image_files(images_dir) if os.path.normpath(f) not in named]
     return records
 
 
@@ -193,9 +209,12 @@ def _captions_of_text(text: str, where: str) -> List[str]:
 
 
 def records_from_shards(shards: Sequence[str], problems: List[str]) -> Iterator[Record]:
-    """Records streamed from WebDataset/img2dataset shards (samples without image or caption
-    go to ``problems``)."""
-    for sample in iterate_shard_records(shards):
+    """Records streamed from WebDataset/img2dataset shards (samples without image or caption,
+    and read errors of damaged shards, go to ``problems``)."""
+    def read_error(exn):
+        problems.append(f"read error, rest of the shard skipped: {exn}")
+
+    for sample in iterate_shard_records(shards, on_error=read_error):
         where = f"{sample['__url__']} (key {sample['__key__']!r})"
         data = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
         text = sample_text(sample)

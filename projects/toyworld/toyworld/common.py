@@ -18,6 +18,7 @@ from detectron2.solver.build import get_default_optimizer_params
 from detectron2.structures import Boxes, Instances
 
 from regionclip.config import add_regionclip_config
+from regionclip.yaml_config import merge_config_file
 
 from .settings import resolve_path
 
@@ -53,7 +54,7 @@ def stage_cfg(settings, stage_node, opts: Sequence = ()):
     """
     cfg = get_cfg()
     add_regionclip_config(cfg)
-    cfg.merge_from_file(resolve_path(stage_node.CONFIG))
+    merge_config_file(cfg, resolve_path(stage_node.CONFIG), "CONFIG")
     solver = []
     for key, value in (("ITERS", "SOLVER.MAX_ITER"), ("BATCH_SIZE", "SOLVER.IMS_PER_BATCH"),
                        ("LR", "SOLVER.BASE_LR")):

@@ -33,10 +33,11 @@ def build_offline_rpn_config(cfg, post_nms_topk_test: Optional[int] = None):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MODEL.CLIP.OFFLINE_RPN_CONFIG: '{path}' does not exist")
     from regionclip.config import add_regionclip_config  # the offline yaml may use our keys
+    from regionclip.yaml_config import merge_config_file
 
     offline_cfg = get_cfg()
     add_regionclip_config(offline_cfg)
-    offline_cfg.merge_from_file(path)
+    merge_config_file(offline_cfg, path, "MODEL.CLIP.OFFLINE_RPN_CONFIG")
     clip = cfg.MODEL.CLIP
     if clip.OFFLINE_RPN_LSJ_PRETRAINED:
         offline_cfg.MODEL.BACKBONE.FREEZE_AT = 0

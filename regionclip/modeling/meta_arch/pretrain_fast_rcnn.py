@@ -78,9 +78,11 @@ def load_concept_pool(path: str, key: str) -> torch.Tensor:
     Returns:
         Tensor: (K, D) float32 tensor on the CPU, K >= 1.
     """
+    from regionclip.checkpoint.io import read_torch_file
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{key}: concept-pool file '{path}' does not exist")
-    emb = torch.load(path, map_location="cpu")
+    emb = read_torch_file(path)  # no code stored in the file runs
     if not isinstance(emb, torch.Tensor):
         raise ValueError(f"{key}: '{path}' must hold one tensor (concepts, dim), got "
                          f"{type(emb).__name__}")
@@ -89,6 +91,11 @@ def load_concept_pool(path: str, key: str) -> torch.Tensor:
                          f"shape {tuple(emb.shape)} of {emb.dtype}")
     if emb.shape[0] == 0:
         raise ValueError(f"{key}: concept pool '{path}' is empty (0 concepts)")
+    bad = ~torch.isfinite(emb).all(dim=1)
+    if bad.any():
+        raise ValueError(f"{key}: concept pool '{path}' has non-finite values (NaN or inf) in "
+                         f"{int(bad.sum())} of its {emb.shape[0]} rows, e.g. rows "
+                         f"{bad.nonzero().flatten().tolist()[:10]}")
     return emb.float()
 
 

@@ -30,30 +30,44 @@ logger = logging.getLogger(__name__)
 CLIP_ROI_HEADS = ("CLIPRes5ROIHeads", "CLIPStandardROIHeads")
 
 
-def load_text_embeddings(path: str, key: str, num_rows: Optional[int], dim: int) -> torch.Tensor:
+def load_text_embeddings(path: str, key: str, num_rows: Optional[int], dim: int,
+                         rows_name: str = "MODEL.ROI_HEADS.NUM_CLASSES") -> torch.Tensor:
     """Load a (num_rows, dim) float tensor of class embeddings written by the concept tools.
+
+    The file is read without running code stored in it (see
+    :func:`regionclip.checkpoint.read_torch_file`); every value must be finite.
 
     Args:
         path (str): ``.pth`` file holding one tensor (or ``{"embeddings"|"emb": tensor}``).
         key (str): config key that named the file (for error messages).
-        num_rows (int or None): expected number of rows (None: any).
+        num_rows (int or None): expected number of rows (None: any number > 0).
         dim (int): expected embedding width (``MODEL.CLIP.TEXT_EMB_DIM``).
+        rows_name (str): what ``num_rows`` is, for the message.
     """
+    from regionclip.checkpoint.io import read_torch_file
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{key}: text-embedding file '{path}' does not exist")
-    emb = torch.load(path, map_location="cpu", weights_only=True)
+    emb = read_torch_file(path)
     if isinstance(emb, dict):
         emb = emb.get("embeddings", emb.get("emb"))
     if not isinstance(emb, torch.Tensor):
         raise ValueError(f"{key}: '{path}' must hold a tensor of class embeddings, got {type(emb)}")
     if emb.ndim == 1:  # the original's tools squeeze a single concept to (D,)
         emb = emb[None]
-    if emb.ndim != 2 or emb.shape[1] != dim:
+    if emb.ndim != 2 or emb.shape[1] != dim or emb.shape[0] == 0:
         raise ValueError(f"{key}: '{path}' holds a tensor of shape {tuple(emb.shape)}, but "
                          f"MODEL.CLIP.TEXT_EMB_DIM is {dim} (expected (num_classes, {dim}))")
     if num_rows is not None and emb.shape[0] != num_rows:
         raise ValueError(f"{key}: '{path}' has {emb.shape[0]} class embeddings, but "
-                         f"MODEL.ROI_HEADS.NUM_CLASSES is {num_rows}")
+                         f"{rows_name} is {num_rows}")
+    if not emb.is_floating_point():
+        raise ValueError(f"{key}: '{path}' holds {emb.dtype} values, expected floating point")
+    bad = ~torch.isfinite(emb).all(dim=1)
+    if bad.any():
+        rows = bad.nonzero().flatten().tolist()
+        raise ValueError(f"{key}: '{path}' has non-finite values (NaN or inf) in {len(rows)} of "
+                         f"its {emb.shape[0]} rows, e.g. rows {rows[:10]}")
     return emb.float()
 
 
@@ -87,6 +101,7 @@ class CLIPFastRCNNOutputLayers(FastRCNNOutputLayers):
         multiply_rpn_score_sigmoid: bool = False,
         vis: bool = False,
         soft_nms: Optional[Dict] = None,
+        text_emb_files: Optional[Dict[str, Tuple[str, str]]] = None,
         **kwargs,
     ):
         """
@@ -107,6 +122,9 @@ class CLIPFastRCNNOutputLayers(FastRCNNOutputLayers):
                 raw logit the original used.
             vis (bool): report class probabilities before the RPN multiplication.
             soft_nms (dict or None): ``{"method", "sigma", "prune"}`` to use soft-NMS.
+            text_emb_files (dict or None): ``{"cls_score" | "test_cls_score": (config key,
+                file)}`` of the tables filled from embedding files; a checkpoint's own tables
+                do not replace them (see :mod:`regionclip.checkpoint.guards`).
             kwargs: arguments of :class:`FastRCNNOutputLayers` (``box2box_transform``,
                 ``num_classes``, thresholds, ...).
         """
@@ -121,6 +139,7 @@ class CLIPFastRCNNOutputLayers(FastRCNNOutputLayers):
         self.multiply_rpn_score_sigmoid = multiply_rpn_score_sigmoid
         self.vis = vis
         self.soft_nms = soft_nms
+        self.text_emb_files = dict(text_emb_files or {})
         self.test_cls_score = None
         if use_text_emb_classifier:
             self.cls_score = _frozen_linear(input_size, self.num_classes, text_emb)
@@ -138,16 +157,20 @@ class CLIPFastRCNNOutputLayers(FastRCNNOutputLayers):
         clip = cfg.MODEL.CLIP
         use_text = clip.USE_TEXT_EMB_CLASSIFIER
         text_emb = test_text_emb = None
+        files = {}
         if use_text:
             if cfg.MODEL.ROI_HEADS.NAME in CLIP_ROI_HEADS:
                 input_shape = ShapeSpec(channels=clip.TEXT_EMB_DIM)
             if clip.TEXT_EMB_PATH:
                 text_emb = load_text_embeddings(clip.TEXT_EMB_PATH, "MODEL.CLIP.TEXT_EMB_PATH",
                                                 cfg.MODEL.ROI_HEADS.NUM_CLASSES, clip.TEXT_EMB_DIM)
+                files["cls_score"] = ("MODEL.CLIP.TEXT_EMB_PATH", clip.TEXT_EMB_PATH)
             if clip.OPENSET_TEST_TEXT_EMB_PATH:
                 test_text_emb = load_text_embeddings(
                     clip.OPENSET_TEST_TEXT_EMB_PATH, "MODEL.CLIP.OPENSET_TEST_TEXT_EMB_PATH", None,
                     clip.TEXT_EMB_DIM)
+                files["test_cls_score"] = ("MODEL.CLIP.OPENSET_TEST_TEXT_EMB_PATH",
+                                           clip.OPENSET_TEST_TEXT_EMB_PATH)
         roi = cfg.MODEL.ROI_HEADS
         ret.update({
             "input_shape": input_shape,
@@ -163,6 +186,7 @@ class CLIPFastRCNNOutputLayers(FastRCNNOutputLayers):
             "vis": clip.VIS,
             "soft_nms": ({"method": roi.SOFT_NMS_METHOD, "sigma": roi.SOFT_NMS_SIGMA,
                           "prune": roi.SOFT_NMS_PRUNE} if roi.SOFT_NMS_ENABLED else None),
+            "text_emb_files": files,
         })
         return ret
 
