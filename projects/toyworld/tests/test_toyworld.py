@@ -15,7 +15,9 @@ from toyworld.pipeline import MARKERS, STAGES, run_pipeline
 from toyworld.scenes import SceneSpec, draw_scene, render_shape
 from toyworld.settings import load_settings
 from toyworld.vocabulary import (
+    BACKGROUNDS,
     BASE_SHAPES,
+    COLOUR_WORDS,
     NOVEL_SHAPES,
     SHAPE_SYNONYMS,
     SHAPES,
@@ -83,6 +85,29 @@ def test_captions_mention_a_subset_of_objects_with_their_nouns():
         named = {s for s in SHAPES if set(SHAPE_SYNONYMS[s]) & nouns}
         partial += len(named) < len({o["shape"] for o in scene.objects})
     assert partial > 10  # captions often leave objects out, like real captions
+
+
+def _mention_rates(mention, n=400):
+    """Share of single-object captions that name the colour / the background."""
+    rng = np.random.default_rng(1)
+    spec = SceneSpec(objects=(1, 1))
+    colour = background = 0
+    for _ in range(n):
+        scene = draw_scene(rng, spec)
+        words = set(re.findall(r"[a-z]+", make_caption(rng, scene, mention=mention)))
+        colour += bool(words & set(COLOUR_WORDS[scene.objects[0]["colour"]]))
+        background += bool(words & {w for p in BACKGROUNDS[scene.background]
+                                    for w in re.findall(r"[a-z]+", p)} - {"a", "the", "on", "in"})
+    return colour / n, background / n
+
+
+def test_caption_mention_probabilities_follow_the_setting():
+    rare = _mention_rates({"colour": 0.05, "texture": 0.05, "background": 0.05})
+    often = _mention_rates({"colour": 0.9, "texture": 0.5, "background": 0.9})
+    assert rare[0] < 0.12 and rare[1] < 0.15
+    assert often[0] > 0.8 and often[1] > 0.8
+    with pytest.raises(ValueError, match="CAPTION_MENTION"):
+        load_settings("micro", ["WORLD.CAPTION_MENTION", "[0.4, 1.5, 0.6]"])
 
 
 def test_caption_nouns_lemmatises_plurals():

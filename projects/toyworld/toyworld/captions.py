@@ -8,7 +8,7 @@ other. :func:`caption_nouns` recovers the nouns of a caption (the concept pool's
 """
 import re
 from collections import Counter
-from typing import Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .scenes import Scene
 from .vocabulary import (
@@ -23,9 +23,10 @@ from .vocabulary import (
 
 __all__ = ["describe_object", "make_caption", "caption_nouns", "concept_counts"]
 
-# How often an object's colour / (non-plain) texture is named: attributes are mentioned less
-# often than the noun, as in real captions.
-COLOUR_P, TEXTURE_P = 0.4, 0.25
+# Default mention probabilities (``WORLD.CAPTION_MENTION``): an object's colour, its (non-plain)
+# texture, and the scene's background. Attributes are named less often than the noun, as in
+# real captions.
+MENTION = {"colour": 0.4, "texture": 0.25, "background": 0.6}
 _COUNTS = {2: "two", 3: "three", 4: "four", 5: "five"}
 _SMALL, _BIG = ("small", "tiny", "little"), ("big", "large")
 
@@ -37,17 +38,21 @@ def _pick(rng, options: Sequence[str], first_weight: float = 0.0) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def describe_object(rng, obj: dict, size_range: Tuple[float, float]) -> str:
+def describe_object(rng, obj: dict, size_range: Tuple[float, float],
+                    mention: Optional[Dict[str, float]] = None) -> str:
     """A noun phrase without article for one object, e.g. ``"small striped red star"``.
 
     Args:
         rng (numpy.random.Generator): randomness.
         obj (dict): object of a :class:`~.scenes.Scene`.
         size_range (tuple[float, float]): object sizes of the world (for "small"/"big").
+        mention (dict): probabilities of naming the ``"colour"`` and ``"texture"``
+            (default :data:`MENTION`).
 
     Returns:
         str: the phrase.
     """
+    mention = {**MENTION, **(mention or {})}
     words = []
     side = max(obj["bbox"][2], obj["bbox"][3])
     lo, hi = size_range
@@ -56,8 +61,8 @@ def describe_object(rng, obj: dict, size_range: Tuple[float, float]) -> str:
             words.append(_pick(rng, _SMALL))
         elif side > lo + 0.7 * (hi - lo):
             words.append(_pick(rng, _BIG))
-    colour = _pick(rng, COLOUR_WORDS[obj["colour"]], 0.8) if rng.random() < COLOUR_P else None
-    texture_p = TEXTURE_P / 4 if obj["texture"] == "plain" else TEXTURE_P
+    colour = _pick(rng, COLOUR_WORDS[obj["colour"]], 0.8) if rng.random() < mention["colour"] else None
+    texture_p = mention["texture"] / (4 if obj["texture"] == "plain" else 1)
     texture = _pick(rng, TEXTURE_WORDS[obj["texture"]], 0.6) if rng.random() < texture_p else None
     adjectives = [a for a in (colour, texture) if a]
     if len(adjectives) == 2 and rng.random() < 0.5:
@@ -104,17 +109,21 @@ def _relation(a: dict, b: dict) -> str:
     return "to the left of" if dx < 0 else "to the right of"
 
 
-def make_caption(rng, scene: Scene, size_range: Tuple[float, float] = (18, 42)) -> str:
+def make_caption(rng, scene: Scene, size_range: Tuple[float, float] = (18, 42),
+                 mention: Optional[Dict[str, float]] = None) -> str:
     """One caption of a scene.
 
     Args:
         rng (numpy.random.Generator): randomness.
         scene (Scene): the scene.
         size_range (tuple[float, float]): object sizes of the world.
+        mention (dict): probabilities of naming an object's ``"colour"`` and ``"texture"`` and
+            the ``"background"`` (default :data:`MENTION`).
 
     Returns:
         str: a lower-case caption ending with a full stop.
     """
+    mention = {**MENTION, **(mention or {})}
     objs = scene.objects
     if not objs:
         return "an empty " + ("picture" if rng.random() < 0.5 else "background") + "."
@@ -125,10 +134,10 @@ def make_caption(rng, scene: Scene, size_range: Tuple[float, float] = (18, 42)) 
     if not named:
         named = [max(range(len(objs)), key=lambda i: sides[i])]
     named = [named[k] for k in rng.permutation(len(named))]
-    phrases = [describe_object(rng, objs[i], size_range) for i in named]
+    phrases = [describe_object(rng, objs[i], size_range, mention) for i in named]
     height, width = scene.image.shape[:2]
     background = ""
-    if rng.random() < 0.6:
+    if rng.random() < mention["background"]:
         background = " " + _pick(rng, BACKGROUNDS[scene.background])
     if len(named) == 2 and phrases[0] != phrases[1] and rng.random() < 0.35:
         relation = _pick(rng, ("next to", _relation(objs[named[0]], objs[named[1]])), 0.3)

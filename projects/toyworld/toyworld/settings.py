@@ -45,6 +45,8 @@ def get_toyworld_cfg() -> CN:
     c.WORLD.NUM_TEST_IMAGES = 300
     c.WORLD.CAPTIONS_PER_IMAGE = 2
     c.WORLD.MIN_CONCEPT_COUNT = 5
+    # probabilities that a caption names an object's colour, its texture, the background
+    c.WORLD.CAPTION_MENTION = [0.4, 0.25, 0.6]
     c.CLIP = CN()
     c.CLIP.LAYERS = [1, 1, 1, 1]
     c.CLIP.WIDTH = 16
@@ -112,6 +114,10 @@ def load_settings(size_or_file: str = "default", opts=()) -> CN:
                                 f"{SIZES} or a yaml file)")
     cfg.merge_from_other_cfg(CN(CN.load_yaml_with_base(path)))  # _BASE_ as in detectron2
     cfg.merge_from_list(list(opts))
+    mention = cfg.WORLD.CAPTION_MENTION
+    if len(mention) != 3 or not all(0 <= float(p) <= 1 for p in mention):
+        raise ValueError(f"{path}: WORLD.CAPTION_MENTION must be three probabilities in [0, 1] "
+                         f"(colour, texture, background), got {list(mention)}")
     lo, hi = cfg.WORLD.OBJECT_SIZE
     if not 4 <= lo <= hi < cfg.WORLD.IMAGE_SIZE:
         raise ValueError(f"{path}: WORLD.OBJECT_SIZE {cfg.WORLD.OBJECT_SIZE} must satisfy "

@@ -77,6 +77,7 @@ def generate_world(settings, out_dir: str, progress: bool = True) -> str:
     w = settings.WORLD
     spec, closeup = scene_spec(settings), scene_spec(settings, closeup=True)
     cats = categories()
+    mention = dict(zip(("colour", "texture", "background"), w.CAPTION_MENTION))
     cat_id = {c["name"]: c["id"] for c in cats}
     sizes = {"captions": w.NUM_CAPTION_IMAGES, "det_train": w.NUM_DET_IMAGES,
              "test": w.NUM_TEST_IMAGES}
@@ -104,7 +105,7 @@ def generate_world(settings, out_dir: str, progress: bool = True) -> str:
                              "texture": obj["texture"]})
             size_range = tuple(w.CLOSEUP_SIZE if is_closeup else w.OBJECT_SIZE)
             caps.append({"image_id": image_id, "file_name": name, "captions": [
-                make_caption(rng, scene, size_range)
+                make_caption(rng, scene, size_range, mention)
                 for _ in range(w.CAPTIONS_PER_IMAGE)]})
         np.save(os.path.join(out_dir, f"images_{split}.npy"), np.stack(arrays))
         _write_json(os.path.join(out_dir, f"{split}_all.json"), _coco(images, anns, cats))
