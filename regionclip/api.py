@@ -14,14 +14,14 @@ import torch
 from PIL import Image
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes
 
 from detectron2_ext.utils import resolve_device
 
 from .clip.prompts import check_templates, ensemble_text_embeddings
 from .config import load_config
+from .checkpoint import load_model_weights
 from .engine.checks import require_weights
-from .engine.trainer import load_model_weights
 from .inputs import (
     check_boxes,
     check_score_threshold,
@@ -69,14 +69,15 @@ class RegionCLIP:
 
     Attributes:
         cfg (CfgNode): the frozen config.
-        model (CLIPFastRCNN): the model in eval mode.
+        model (CLIPFastRCNN): the model in eval mode; the API never changes it.
+        text_encoder_loaded (bool): the weights had a text encoder (vocabularies can be encoded).
     """
 
-    def __init__(self, cfg, model):
+    def __init__(self, cfg, model, text_encoder_loaded: bool = True):
         self.cfg = cfg
         self.model = model
         self._text_cache: Dict = {}
-        self.text_encoder_loaded = getattr(model, "_text_encoder_loaded", True)
+        self.text_encoder_loaded = text_encoder_loaded
         self._resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
 
     @classmethod
@@ -113,12 +114,12 @@ class RegionCLIP:
         before = {k: v.clone() for k, v in model.lang_encoder.state_dict().items()}
         load_model_weights(cfg, model)
         after = model.lang_encoder.state_dict()
-        model._text_encoder_loaded = any(not torch.equal(before[k], after[k]) for k in before)
-        if not model._text_encoder_loaded:
+        text_loaded = any(not torch.equal(before[k], after[k]) for k in before)
+        if not text_loaded:
             logger.warning("MODEL.WEIGHTS '%s' has no text-encoder weights: encode_text() and "
                            "detect() with a vocabulary are unavailable", cfg.MODEL.WEIGHTS)
         model.eval()
-        return cls(cfg, model)
+        return cls(cfg, model, text_encoder_loaded=text_loaded)
 
     @property
     def device(self):
@@ -158,6 +159,8 @@ class RegionCLIP:
 
     # ------------------------------------------------------------------ images
     def _prepare(self, image: ImageLike, boxes=None):
+        """The model's input dict of ``image`` (test-time resize) and ``boxes`` (checked, in
+        image pixels) as ``Boxes`` in the resized image's coordinates (None without boxes)."""
         rgb = read_rgb_image(image)
         h, w = rgb.shape[:2]
         if boxes is not None:
@@ -169,10 +172,8 @@ class RegionCLIP:
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         inputs = {"image": tensor, "height": h, "width": w}
         if boxes is not None:
-            inst = Instances(tensor.shape[1:])
-            inst.gt_boxes = Boxes(torch.as_tensor(transform.apply_box(boxes)))
-            inputs["instances"] = inst
-        return inputs
+            boxes = Boxes(torch.as_tensor(transform.apply_box(boxes)))
+        return inputs, boxes
 
     @torch.no_grad()
     def encode_regions(self, image: ImageLike, boxes) -> torch.Tensor:
@@ -183,11 +184,11 @@ class RegionCLIP:
         Boxes are checked as :func:`regionclip.inputs.check_boxes` (errors for non-finite,
         inverted, zero-area and out-of-image boxes; partly outside ones are clipped).
         """
-        inputs = self._prepare(image, boxes)
+        inputs, boxes = self._prepare(image, boxes)
         model = self.model
         images = model.preprocess_image([inputs])
         heads = model.roi_heads
-        boxes = inputs["instances"].gt_boxes.to(self.device)
+        boxes = boxes.to(self.device)
         with model._compute_precision():  # MODEL.CLIP.INFERENCE_DTYPE, as in detect()
             features = model.backbone(images.tensor)
             emb, _ = region_embeddings(heads.pooler, [features[f] for f in heads.in_features],
@@ -223,7 +224,9 @@ class RegionCLIP:
         backbone = self.model.backbone
         if getattr(backbone, "attnpool", None) is None or not hasattr(backbone, "config"):
             raise ValueError("encode_crops needs a CLIP ResNet backbone with attention pooling "
-                             "(MODEL.CLIP.USE_CLIP_ATTPOOL True)")
+                             "(MODEL.BACKBONE.NAME build_clip_resnet_backbone, "
+                             "MODEL.ROI_HEADS.NAME CLIPRes5ROIHeads and "
+                             "MODEL.CLIP.USE_TEXT_EMB_CLASSIFIER True)")
         rgb = read_rgb_image(image)
         crops = [crop_and_resize(rgb, box, backbone.config.image_size, resize, context)
                  for box in check_boxes(boxes, rgb.shape[:2])]
@@ -265,26 +268,14 @@ class RegionCLIP:
         vocabulary = list(vocabulary) if not isinstance(vocabulary, str) else [vocabulary]
         vocabulary = unique_names([str(v) for v in vocabulary])
         score_threshold = check_score_threshold(score_threshold)
+        if boxes is None and self.model.clip_crop_region_type == "GT":
+            raise ValueError("this config takes regions from ground-truth boxes "
+                             "(MODEL.CLIP.CROP_REGION_TYPE GT): pass boxes=...")
         emb = self.encode_text(vocabulary, prompt_ensemble, templates)
-        model = self.model
-        predictor = model.roi_heads.box_predictor
-        inputs = self._prepare(image, boxes)
-        saved = (predictor.test_cls_score, predictor.test_score_thresh, predictor.no_box_delta,
-                 model.clip_crop_region_type, predictor.multiply_rpn_score)
-        try:
-            predictor.set_test_embeddings(emb)
-            if score_threshold is not None:
-                predictor.test_score_thresh = score_threshold
-            if boxes is not None:  # classify the given boxes as they are
-                model.clip_crop_region_type, predictor.no_box_delta = "GT", True
-                predictor.multiply_rpn_score = False
-            elif model.clip_crop_region_type == "GT":
-                raise ValueError("this config takes regions from ground-truth boxes "
-                                 "(MODEL.CLIP.CROP_REGION_TYPE GT): pass boxes=...")
-            (out,) = model.inference([inputs])
-        finally:
-            (predictor.test_cls_score, predictor.test_score_thresh, predictor.no_box_delta,
-             model.clip_crop_region_type, predictor.multiply_rpn_score) = saved
+        inputs, given = self._prepare(image, boxes)
+        (out,) = self.model.inference([inputs], class_embeddings=emb,
+                                      boxes=None if given is None else [given],
+                                      score_threshold=score_threshold)
         inst = out["instances"].to("cpu")
         return [{"box": b.tolist(), "label": vocabulary[int(c)], "score": float(s)}
                 for b, c, s in zip(inst.pred_boxes.tensor, inst.pred_classes, inst.scores)]

@@ -84,7 +84,7 @@ def test_detect_given_boxes_labels_every_box_from_the_vocabulary(tiny, tmp_path)
     assert dets and all(d["label"] in vocab for d in dets)
     assert {tuple(np.round(d["box"], 3)) for d in dets} <= {tuple(map(float, b)) for b in boxes}
     assert [d["score"] for d in dets] == sorted((d["score"] for d in dets), reverse=True)
-    # the classifier state is restored afterwards
+    # the model is not changed (per-call class embeddings)
     assert rc.model.roi_heads.box_predictor.test_cls_score is None
 
 

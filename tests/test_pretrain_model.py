@@ -26,7 +26,7 @@ from regionclip.modeling.backbone.clip_resnet import CLIPResNetBackbone
 from regionclip.modeling.losses import image_text_contrastive_loss
 from regionclip.modeling.meta_arch.offline_rpn import build_offline_modules
 from regionclip.modeling.meta_arch.pretrain_fast_rcnn import PretrainFastRCNN, random_grid_boxes
-from regionclip.modeling.roi_heads.clip_roi_heads import PretrainRes5ROIHeads
+from regionclip.modeling.roi_heads.clip_roi_heads import PretrainRes5ROIHeads, region_embeddings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN_YAML = os.path.join(REPO, "configs/pretrain/RegionCLIP_RN50.yaml")
@@ -103,9 +103,15 @@ def _diverse_teacher_pool(model, batch, seed=0):
     props = model.sample_regions(model.get_region_proposals(batch, images))
     with torch.no_grad():
         feats = model.teacher_backbone(images.tensor)
-        u = model.teacher_roi_heads(images, feats, props, res5=model.teacher_backbone.layer4,
-                                    attnpool=model.teacher_backbone.attnpool)
+        u = _embed(model.teacher_roi_heads, feats, props, model.teacher_backbone)
     model.teacher_concept_emb[: len(u)] = u[: CONCEPTS]
+
+
+def _embed(heads, features, proposals, backbone):
+    """Region embeddings through the given backbone's own layer4 and attnpool."""
+    return region_embeddings(heads.pooler, [features[f] for f in heads.in_features],
+                             [p.proposal_boxes for p in proposals], backbone.layer4,
+                             backbone.attnpool)[0]
 
 
 def _state(model):
@@ -236,8 +242,7 @@ def test_losses_equal_independent_computation_and_weights_scale_them(monkeypatch
         torch.testing.assert_close(losses["loss_img_txt_level"], expected)
         # pseudo labels: teacher on the same boxes and normalised images, its own pool
         feats = model.teacher_backbone(images.tensor)
-        u = model.teacher_roi_heads(images, feats, props, res5=model.teacher_backbone.layer4,
-                                    attnpool=model.teacher_backbone.attnpool)
+        u = _embed(model.teacher_roi_heads, feats, props, model.teacher_backbone)
         # the teacher's softmax temperature: 0.01 as the original unless TEACHER_CONCEPT_TEMP
         q = torch.softmax(F.normalize(u, dim=-1) @ F.normalize(model.teacher_concept_emb, dim=-1).t()
                           / (teacher_temp or 0.01), dim=1)
@@ -338,8 +343,8 @@ def test_inference_returns_region_embeddings_per_image():
     # the embeddings are those of the student ROI path on the returned boxes
     images = model.preprocess_image(batch)
     with torch.no_grad():
-        emb = model.roi_heads(images, model.backbone(images.tensor), [o["proposals"] for o in out],
-                              res5=model.backbone.layer4, attnpool=model.backbone.attnpool)
+        emb = _embed(model.roi_heads, model.backbone(images.tensor),
+                     [o["proposals"] for o in out], model.backbone)
     torch.testing.assert_close(torch.cat([o["region_feats"] for o in out]), emb)
 
 
@@ -431,8 +436,7 @@ def test_two_processes_ddp_gradient_equals_joined_batch_objective(tmp_path):
             objective = objective + local[name] / 2
     joined = _square_batch(0) + _square_batch(1)
     images = model.preprocess_image(joined)
-    g = model._student_embeddings(images, model.backbone(images.tensor),
-                                  model.global_proposals(images))
+    g = model.roi_heads(images, model.backbone(images.tensor), model.global_proposals(images))
     img_txt = image_text_contrastive_loss(g, model.encode_captions(joined), 0.01, gather=False)
     for rank in range(2):
         assert res[rank][0]["loss_img_txt_level"] == pytest.approx(img_txt.item(), rel=1e-4)

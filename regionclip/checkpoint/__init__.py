@@ -7,6 +7,7 @@
 * :func:`convert_openai_clip` writes a detectron2-style checkpoint of the three CLIP towers.
 * :class:`RegionCLIPCheckpointer` loads ``MODEL.WEIGHTS`` of any of these kinds.
 * :func:`load_offline_rpn_weights` loads ``MODEL.CLIP.BB_RPN_WEIGHTS`` into the offline branch.
+* :func:`load_model_weights` loads both for a model built from a config.
 
 Every file is read without running code stored in it (:func:`read_torch_file`); a file that
 needs full unpickling is refused (:class:`UntrustedFileError`) unless the environment variable
@@ -27,12 +28,13 @@ from .clip_keys import (
 )
 from .clip_weights import build_clip_towers, convert_openai_clip, load_clip_state_dict
 from .io import extract_state_dict, is_torchscript_archive, read_torch_file
+from .model_weights import load_model_weights
 from .safe_pickle import TRUST_ENV, CheckpointFileError, UntrustedFileError
 
 __all__ = [
     "OFFLINE_MODULES", "OfflineLoadReport", "RegionCLIPCheckpointer", "load_offline_rpn_weights",
     "ClipMappingReport", "ShapeMismatch", "group_clip_keys", "has_openai_clip_keys",
     "map_clip_to_model", "build_clip_towers", "convert_openai_clip", "load_clip_state_dict",
-    "extract_state_dict", "is_torchscript_archive", "read_torch_file",
+    "extract_state_dict", "is_torchscript_archive", "read_torch_file", "load_model_weights",
     "TRUST_ENV", "CheckpointFileError", "UntrustedFileError",
 ]

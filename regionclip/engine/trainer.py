@@ -16,34 +16,15 @@ from detectron2_ext.engine import ExactResume
 from detectron2_ext.evaluation import COCOSplitEvaluator, LVISEvaluatorCompat, PredictionWriter
 from detectron2_ext.utils import check_amp_device
 
-from ..checkpoint import RegionCLIPCheckpointer, load_offline_rpn_weights
+from ..checkpoint import RegionCLIPCheckpointer, load_model_weights
 from .checks import check_test_classifier
 from ..data.mappers import build_test_mapper
 from ..data.pretrain import build_pretrain_train_loader, is_image_text_config
 
+# load_model_weights is re-exported for code that imported it from here
 __all__ = ["Trainer", "build_evaluator", "load_model_weights"]
 
 logger = logging.getLogger(__name__)
-
-RPN_META_ARCHS = ("CLIPFastRCNN", "PretrainFastRCNN")
-
-
-def load_model_weights(cfg, model, resume=False, checkpointer=None):
-    """Load ``MODEL.WEIGHTS`` (or the last checkpoint when resuming), then ``BB_RPN_WEIGHTS``.
-
-    The second checkpoint initialises only the offline backbone and RPN (RPN-mode RegionCLIP
-    meta-architectures), as the original did in evaluation and in training.
-
-    Returns:
-        dict: what the checkpointer returned for the first checkpoint (e.g. ``iteration``).
-    """
-    checkpointer = checkpointer or RegionCLIPCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
-    ret = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
-    if (cfg.MODEL.META_ARCHITECTURE in RPN_META_ARCHS and cfg.MODEL.CLIP.CROP_REGION_TYPE == "RPN"
-            and cfg.MODEL.CLIP.BB_RPN_WEIGHTS):
-        load_offline_rpn_weights(model, cfg.MODEL.CLIP.BB_RPN_WEIGHTS)
-    return ret
-
 
 def build_evaluator(cfg, dataset_name, output_folder=None):
     """Evaluator by the dataset's ``evaluator_type``: COCO with per-split AP, LVIS, or a writer.

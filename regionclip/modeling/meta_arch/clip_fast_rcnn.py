@@ -12,12 +12,11 @@ import contextlib
 import logging
 from typing import Dict, List, Optional
 
-import numpy as np
 import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_roi_heads
 from detectron2.modeling.postprocessing import detector_postprocess
-from detectron2.structures import Instances
+from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
@@ -25,9 +24,10 @@ from detectron2_ext.utils import checked_autocast
 
 from ..roi_heads.clip_box_predictor import CLIP_ROI_HEADS
 from ..text_encoder import build_clip_language_encoder
-from .offline_rpn import OfflineRPNMixin, build_offline_modules, normalize_images
+from .offline_rpn import OfflineRPNMixin, build_offline_modules
+from .pixels import normalize_images, pixel_range
 
-__all__ = ["CLIPFastRCNN", "gt_proposals"]
+__all__ = ["CLIPFastRCNN", "gt_proposals", "given_proposals"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,19 @@ def gt_proposals(batched_inputs, device, with_objectness):
         p.proposal_boxes = gt.gt_boxes.clone().to(device)
         if with_objectness:
             p.objectness_logits = torch.ones(len(gt), device=device)
+        proposals.append(p)
+    return proposals
+
+
+def given_proposals(batched_inputs, boxes, device):
+    """Proposals holding the caller's boxes (one (N, 4) tensor or ``Boxes`` per input)."""
+    if len(boxes) != len(batched_inputs):
+        raise ValueError(f"boxes must hold one set of boxes per input: got {len(boxes)} sets "
+                         f"for {len(batched_inputs)} inputs")
+    proposals = []
+    for x, b in zip(batched_inputs, boxes):
+        p = Instances(tuple(x["image"].shape[-2:]))
+        p.proposal_boxes = (b if isinstance(b, Boxes) else Boxes(b)).clone().to(device)
         proposals.append(p)
     return proposals
 
@@ -76,8 +89,7 @@ class CLIPFastRCNN(OfflineRPNMixin, nn.Module):
         Args:
             backbone: recognition backbone (CLIP ResNet; owns ``layer4`` and ``attnpool``).
             roi_heads: :class:`CLIPRes5ROIHeads`.
-            pixel_mean, pixel_std: recognition normalisation; a mean summing to < 3 means pixel
-                values are first divided by 255 (CLIP's [0, 1] statistics; needs RGB input).
+            pixel_mean, pixel_std: recognition normalisation (see :func:`.pixels.pixel_range`).
             input_format (str): channel order of the input images.
             crop_region_type (str): "GT" or "RPN".
             offline_backbone, offline_proposal_generator, offline_cfg: the frozen localization
@@ -111,10 +123,13 @@ class CLIPFastRCNN(OfflineRPNMixin, nn.Module):
         self.inference_dtype = dtypes[inference_dtype]
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        self.div_pixel = float(np.sum(pixel_mean)) < 3.0
-        if self.div_pixel and input_format != "RGB":
-            raise ValueError("MODEL.PIXEL_MEAN in [0, 1] units (CLIP) needs INPUT.FORMAT RGB, got "
-                             f"{input_format}")
+        self.pixel_range = pixel_range(pixel_mean, input_format)
+        if not use_clip_c4:  # FPN recognition backbone: no res5 block to borrow (the original's
+            # dead path)
+            raise NotImplementedError("CLIPFastRCNN needs the C4 CLIP backbone "
+                                      "(MODEL.BACKBONE.NAME build_clip_resnet_backbone)")
+        roi_heads.use_backbone_blocks(backbone.layer4,
+                                      backbone.attnpool if use_clip_attpool else None)
 
     @classmethod
     def from_config(cls, cfg):
@@ -150,7 +165,7 @@ class CLIPFastRCNN(OfflineRPNMixin, nn.Module):
     def preprocess_image(self, batched_inputs: List[Dict]):
         """Normalise (CLIP statistics) and pad the images of ``batched_inputs`` (no size divisibility)."""
         images = [x["image"].to(self.device) for x in batched_inputs]
-        return normalize_images(images, self.pixel_mean, self.pixel_std, self.div_pixel,
+        return normalize_images(images, self.pixel_mean, self.pixel_std, self.pixel_range,
                                 self.backbone.size_divisibility)
 
     def get_proposals(self, batched_inputs: List[Dict]):
@@ -159,14 +174,6 @@ class CLIPFastRCNN(OfflineRPNMixin, nn.Module):
             return gt_proposals(batched_inputs, self.device, with_objectness=self.training)
         images = [x["image"].to(self.device) for x in batched_inputs]
         return self.offline_proposals(images, self.input_format)
-
-    def _head_modules(self):
-        if self.use_clip_c4:
-            return {"res5": self.backbone.layer4,
-                    "attnpool": self.backbone.attnpool if self.use_clip_attpool else None}
-        # FPN recognition backbone: no res5 block to borrow (the original's dead path)
-        raise NotImplementedError("CLIPFastRCNN needs the C4 CLIP backbone "
-                                  "(MODEL.BACKBONE.NAME build_clip_resnet_backbone)")
 
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs: List[Dict]):
@@ -178,22 +185,45 @@ class CLIPFastRCNN(OfflineRPNMixin, nn.Module):
             proposals = self.get_proposals(batched_inputs)
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
-        _, losses = self.roi_heads(images, features, proposals, gt_instances, **self._head_modules())
+        _, losses = self.roi_heads(images, features, proposals, gt_instances)
         if self.vis_period > 0:
             storage = get_event_storage()
             if storage.iter % self.vis_period == 0:
                 self.visualize_training(batched_inputs, proposals)
         return losses
 
-    def inference(self, batched_inputs: List[Dict], do_postprocess: bool = True):
-        """Detections for each input, rescaled to its ``height`` x ``width`` when ``do_postprocess``."""
+    def inference(self, batched_inputs: List[Dict], do_postprocess: bool = True, *,
+                  class_embeddings: Optional[torch.Tensor] = None,
+                  boxes: Optional[List] = None, score_threshold: Optional[float] = None):
+        """Detections for each input, rescaled to its ``height`` x ``width`` when
+        ``do_postprocess``. The keyword arguments hold for this call only; the model is not
+        changed.
+
+        Args:
+            batched_inputs (list[dict]): detectron2's inputs (``image`` (C, H, W) 0-255 in
+                ``input_format``; ``height``/``width``; ``instances`` in GT mode).
+            do_postprocess (bool): rescale to the original image size.
+            class_embeddings (Tensor or None): (C, D) class embeddings to classify against
+                (default: the model's test table, else its training classes).
+            boxes (list or None): per image, (N, 4) XYXY boxes (Tensor or ``Boxes``) in the
+                coordinates of its ``image`` tensor, to classify as they are (no regression,
+                no RPN rescoring) instead of the model's regions.
+            score_threshold (float or None): keep detections scoring above it (default:
+                ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``).
+        """
         if self.training:
             raise RuntimeError("inference() needs the model in eval mode")
-        proposals = self.get_proposals(batched_inputs)
+        if boxes is None:
+            proposals = self.get_proposals(batched_inputs)
+        else:
+            proposals = given_proposals(batched_inputs, boxes, self.device)
         images = self.preprocess_image(batched_inputs)
         with self._compute_precision():
             features = self.backbone(images.tensor)
-            results, _ = self.roi_heads(images, features, proposals, None, **self._head_modules())
+            results, _ = self.roi_heads(images, features, proposals, None,
+                                        class_embeddings=class_embeddings,
+                                        score_threshold=score_threshold,
+                                        given_boxes=boxes is not None)
         if not do_postprocess:
             return results
         return self._postprocess(results, batched_inputs)

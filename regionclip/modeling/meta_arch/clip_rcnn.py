@@ -9,37 +9,43 @@ from typing import Dict, List
 
 import torch
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, ProposalNetwork
-from detectron2.structures import ImageList
+
+from .pixels import normalize_images, pixel_range
 
 __all__ = ["CLIPGeneralizedRCNN", "CLIPProposalNetwork"]
 
 
-class _UnitScaleMixin:
-    """Pixel normalisation that first divides by 255 when the mean is given in [0, 1] units."""
+class _PixelRangeMixin:
+    """Pixel normalisation by :func:`~.pixels.normalize_images` (means in [0, 1] units too)."""
 
-    def _unit_scale(self):
-        return float(self.pixel_mean.sum()) < 3.0
+    def _init_pixel_range(self):
+        self.pixel_range = pixel_range(self.pixel_mean, self.input_format)
 
     def preprocess_image(self, batched_inputs: List[Dict[str, torch.Tensor]]):
         images = [self._move_to_current_device(x["image"]) for x in batched_inputs]
-        scale = 255.0 if self._unit_scale() else 1.0
-        images = [(x / scale - self.pixel_mean) / self.pixel_std for x in images]
-        return ImageList.from_tensors(images, self.backbone.size_divisibility,
-                                      padding_constraints=self.backbone.padding_constraints)
+        return normalize_images(images, self.pixel_mean, self.pixel_std, self.pixel_range,
+                                self.backbone.size_divisibility,
+                                padding_constraints=self.backbone.padding_constraints)
 
 
 @META_ARCH_REGISTRY.register()
-class CLIPGeneralizedRCNN(_UnitScaleMixin, GeneralizedRCNN):
-    """GeneralizedRCNN for CLIP backbones; binds the backbone's res5/attnpool to C4 CLIP heads."""
+class CLIPGeneralizedRCNN(_PixelRangeMixin, GeneralizedRCNN):
+    """GeneralizedRCNN for CLIP backbones; hands the backbone's res5/attnpool to C4 CLIP heads."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if hasattr(self.roi_heads, "bind_backbone") and hasattr(self.backbone, "layer4"):
-            self.roi_heads.bind_backbone(self.backbone)
-        if self._unit_scale() and self.input_format != "RGB":
-            raise ValueError("MODEL.PIXEL_MEAN in [0, 1] units (CLIP) needs INPUT.FORMAT RGB")
+        self._init_pixel_range()
+        if hasattr(self.roi_heads, "use_backbone_blocks") and hasattr(self.backbone, "layer4"):
+            predictor = getattr(self.roi_heads, "box_predictor", None)
+            use_attnpool = getattr(predictor, "use_text_emb_classifier", False)
+            self.roi_heads.use_backbone_blocks(
+                self.backbone.layer4, self.backbone.attnpool if use_attnpool else None)
 
 
 @META_ARCH_REGISTRY.register()
-class CLIPProposalNetwork(_UnitScaleMixin, ProposalNetwork):
+class CLIPProposalNetwork(_PixelRangeMixin, ProposalNetwork):
     """ProposalNetwork for CLIP backbones (pixel means in [0, 1] units are handled)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_pixel_range()

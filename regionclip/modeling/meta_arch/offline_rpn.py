@@ -11,9 +11,10 @@ from typing import Optional
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone, build_proposal_generator
-from detectron2.structures import ImageList
 
-__all__ = ["build_offline_rpn_config", "build_offline_modules", "OfflineRPNMixin", "normalize_images"]
+from .pixels import normalize_images, pixel_range
+
+__all__ = ["build_offline_rpn_config", "build_offline_modules", "OfflineRPNMixin"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,19 +53,6 @@ def build_offline_rpn_config(cfg, post_nms_topk_test: Optional[int] = None):
     return offline_cfg
 
 
-def normalize_images(images, mean, std, divide_by_255, size_divisibility, flip_channels=False):
-    """Normalise and pad a list of (C, H, W) float images in [0, 255] into an ImageList."""
-    out = []
-    for x in images:
-        if flip_channels:
-            x = x[[2, 1, 0]]
-        x = x.float()
-        if divide_by_255:
-            x = x / 255.0
-        out.append((x - mean) / std)
-    return ImageList.from_tensors(out, size_divisibility)
-
-
 def build_offline_modules(cfg, post_nms_topk_test: Optional[int] = None):
     """Build the frozen offline backbone and RPN (see the module doc).
 
@@ -100,9 +88,8 @@ class OfflineRPNMixin:
         mean, std = offline_cfg.MODEL.PIXEL_MEAN, offline_cfg.MODEL.PIXEL_STD
         self.register_buffer("offline_pixel_mean", torch.tensor(mean).view(-1, 1, 1), False)
         self.register_buffer("offline_pixel_std", torch.tensor(std).view(-1, 1, 1), False)
-        self.offline_div_pixel = float(sum(mean)) < 3.0
-        if self.offline_div_pixel and self.offline_input_format != "RGB":
-            raise ValueError("offline RPN config: a [0, 1] pixel mean needs INPUT.FORMAT RGB")
+        self.offline_pixel_range = pixel_range(
+            mean, self.offline_input_format, "MODEL.PIXEL_MEAN of MODEL.CLIP.OFFLINE_RPN_CONFIG")
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -125,8 +112,8 @@ class OfflineRPNMixin:
         """
         flip = {input_format, self.offline_input_format} == {"RGB", "BGR"}
         batch = normalize_images(images, self.offline_pixel_mean, self.offline_pixel_std,
-                                 self.offline_div_pixel, self.offline_backbone.size_divisibility,
-                                 flip)
+                                 self.offline_pixel_range, self.offline_backbone.size_divisibility,
+                                 flip_channels=flip)
         features = self.offline_backbone(batch.tensor)
         proposals, _ = self.offline_proposal_generator(batch, features, None)
         return proposals

@@ -40,6 +40,7 @@ from ..losses import (
 )
 from ..text_encoder import build_clip_language_encoder, freeze
 from .offline_rpn import OfflineRPNMixin, build_offline_modules
+from .pixels import normalize_images, pixel_range
 
 __all__ = ["PretrainFastRCNN", "load_concept_pool", "random_grid_boxes"]
 
@@ -217,10 +218,8 @@ class PretrainFastRCNN(OfflineRPNMixin, nn.Module):
         self.clip_crop_region_type = crop_region_type
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        self.div_pixel = float(sum(pixel_mean)) < 3.0
-        if self.div_pixel and input_format != "RGB":
-            raise ValueError("MODEL.PIXEL_MEAN in [0, 1] units (CLIP) needs INPUT.FORMAT RGB, got "
-                             f"{input_format}")
+        self.pixel_range = pixel_range(pixel_mean, input_format)
+        roi_heads.use_backbone_blocks(backbone.layer4, backbone.attnpool)
         self.matching_temp = matching_temp
         self.num_regions_per_img = num_regions_per_img
         self.img_txt_level = img_txt_level
@@ -257,6 +256,8 @@ class PretrainFastRCNN(OfflineRPNMixin, nn.Module):
                         "teacher_concept_emb", "teacher")
             self.teacher_backbone = freeze(teacher_backbone)
             self.teacher_roi_heads = freeze(teacher_roi_heads)
+            self.teacher_roi_heads.use_backbone_blocks(teacher_backbone.layer4,
+                                                       teacher_backbone.attnpool)
             self.register_buffer("concept_emb", concept_emb.float(), False)
             self.register_buffer("teacher_concept_emb", teacher_concept_emb.float(), False)
         else:
@@ -353,13 +354,9 @@ class PretrainFastRCNN(OfflineRPNMixin, nn.Module):
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """CLIP-normalise the [0, 1] images (scaled to [0, 255] first for 0-255 means) and pad."""
-        images = []
-        for x in batched_inputs:
-            image = x["image"].to(self.device).float()
-            if not self.div_pixel:
-                image = image * 255.0
-            images.append((image - self.pixel_mean) / self.pixel_std)
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+        images = [x["image"].to(self.device) for x in batched_inputs]
+        return normalize_images(images, self.pixel_mean, self.pixel_std, self.pixel_range,
+                                self.backbone.size_divisibility, input_range=1.0)
 
     def get_region_proposals(self, batched_inputs: List[Dict], images: ImageList):
         """Candidate regions of every image (no sampling): offline RPN or random grid boxes.
@@ -398,10 +395,6 @@ class PretrainFastRCNN(OfflineRPNMixin, nn.Module):
             out.append(inst)
         return out
 
-    def _student_embeddings(self, images, features, proposals):
-        return self.roi_heads(images, features, proposals, res5=self.backbone.layer4,
-                              attnpool=self.backbone.attnpool)
-
     # ------------------------------------------------------------------ losses
     def encode_captions(self, batched_inputs: List[Dict]) -> torch.Tensor:
         """EOT embedding of one caption per image, drawn uniformly among that image's captions."""
@@ -428,9 +421,7 @@ class PretrainFastRCNN(OfflineRPNMixin, nn.Module):
             return {"loss_region_distill": zero, "loss_concept_contrastive": zero}
         with torch.no_grad():
             features = self.teacher_backbone(images.tensor)
-            teacher_emb = self.teacher_roi_heads(images, features, proposals,
-                                                 res5=self.teacher_backbone.layer4,
-                                                 attnpool=self.teacher_backbone.attnpool)
+            teacher_emb = self.teacher_roi_heads(images, features, proposals)
             keep, labels, q = teacher_pseudo_labels(teacher_emb, self.teacher_concept_emb,
                                                     self.concept_thres, self.teacher_temp)
         kept = region_emb[keep]
@@ -451,14 +442,14 @@ class PretrainFastRCNN(OfflineRPNMixin, nn.Module):
         features = self.backbone(images.tensor)
         losses = {}
         if self.img_txt_level:
-            global_emb = self._student_embeddings(images, features, self.global_proposals(images))
+            global_emb = self.roi_heads(images, features, self.global_proposals(images))
             text_emb = self.encode_captions(batched_inputs)
             losses["loss_img_txt_level"] = image_text_contrastive_loss(
                 global_emb, text_emb, self.matching_temp, gather=self.gather_gpus)
         if self.concept_emb is not None:
             with torch.no_grad():
                 proposals = self.sample_regions(self.get_region_proposals(batched_inputs, images))
-            region_emb = self._student_embeddings(images, features, proposals)
+            region_emb = self.roi_heads(images, features, proposals)
             losses.update(self.region_concept_losses(images, proposals, region_emb))
         return {name: loss * self.loss_weights.get(name, 1.0) for name, loss in losses.items()}
 
@@ -477,6 +468,6 @@ class PretrainFastRCNN(OfflineRPNMixin, nn.Module):
         images = self.preprocess_image(batched_inputs)
         proposals = self.get_region_proposals(batched_inputs, images)
         features = self.backbone(images.tensor)
-        emb = self._student_embeddings(images, features, proposals)
+        emb = self.roi_heads(images, features, proposals)
         parts = emb.split([len(p) for p in proposals])
         return [{"region_feats": e, "proposals": p} for e, p in zip(parts, proposals)]

@@ -203,11 +203,17 @@ class CLIPFastRCNNOutputLayers(FastRCNNOutputLayers):
         if emb is None:
             self.test_cls_score = None
             return
-        d = self.cls_score.weight.shape[1]
-        if emb.ndim != 2 or emb.shape[1] != d or emb.shape[0] == 0:
-            raise ValueError(f"test embeddings must have shape (C>0, {d}), got {tuple(emb.shape)}")
         w = self.cls_score.weight
-        self.test_cls_score = _frozen_linear(d, emb.shape[0], emb.to(w)).to(w.device)
+        emb = self._check_embeddings(emb)
+        self.test_cls_score = _frozen_linear(w.shape[1], emb.shape[0], emb.to(w)).to(w.device)
+
+    def _check_embeddings(self, emb: torch.Tensor) -> torch.Tensor:
+        d = self.cls_score.weight.shape[1]
+        if not isinstance(emb, torch.Tensor) or emb.ndim != 2 or emb.shape[1] != d \
+                or emb.shape[0] == 0:
+            raise ValueError(f"class embeddings must be a tensor of shape (C>0, {d}), got "
+                             f"{tuple(getattr(emb, 'shape', ())) or type(emb).__name__}")
+        return emb
 
     def class_embeddings(self) -> torch.Tensor:
         """(C, D) embeddings in use: the open-set table when not training and present."""
@@ -215,13 +221,26 @@ class CLIPFastRCNNOutputLayers(FastRCNNOutputLayers):
             return self.test_cls_score.weight
         return self.cls_score.weight
 
-    def forward(self, x):
+    def forward(self, x, class_embeddings: Optional[torch.Tensor] = None):
+        """Class logits (R, C + 1) and box deltas of region embeddings ``x``.
+
+        Args:
+            x (Tensor): (R, D) region embeddings.
+            class_embeddings (Tensor or None): (C, D) un-normalised embeddings to classify
+                against in this call instead of :meth:`class_embeddings` (text classifier only).
+        """
         if x.dim() > 2:
             x = torch.flatten(x, start_dim=1)
         if not self.use_text_emb_classifier:
+            if class_embeddings is not None:
+                raise ValueError("class_embeddings need MODEL.CLIP.USE_TEXT_EMB_CLASSIFIER True")
             return self.cls_score(x), self.bbox_pred(x)
+        if class_embeddings is None:
+            table = self.class_embeddings()
+        else:
+            table = self._check_embeddings(class_embeddings).to(x)
         x_norm = F.normalize(x, p=2.0, dim=1)
-        cls = x_norm @ F.normalize(self.class_embeddings(), p=2.0, dim=1).t()
+        cls = x_norm @ F.normalize(table, p=2.0, dim=1).t()
         bg = self.cls_bg_score(x_norm)
         scores = torch.cat([cls, bg], dim=1) / self.temperature
         return scores, self.bbox_pred(x)
@@ -266,10 +285,14 @@ class CLIPFastRCNNOutputLayers(FastRCNNOutputLayers):
         return loss.mean()
 
     # ------------------------------------------------------------------ inference
-    def predict_boxes(self, predictions, proposals: List[Instances]):
+    def predict_boxes(self, predictions, proposals: List[Instances], regress: Optional[bool] = None):
+        """Boxes per image: regressed from the proposals, or the proposals themselves when
+        ``regress`` is False (default: regress unless ``no_box_delta``)."""
         if not len(proposals):
             return []
-        if not self.no_box_delta:
+        if regress is None:
+            regress = not self.no_box_delta
+        if regress:
             return super().predict_boxes(predictions, proposals)
         boxes = torch.cat([p.proposal_boxes.tensor for p in proposals], dim=0)
         return boxes.split([len(p) for p in proposals])
@@ -287,13 +310,27 @@ class CLIPFastRCNNOutputLayers(FastRCNNOutputLayers):
             out.append((p * o[:, None]) ** 0.5)
         return out
 
-    def inference(self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]):
-        boxes = self.predict_boxes(predictions, proposals)
+    def inference(self, predictions: Tuple[torch.Tensor, torch.Tensor],
+                  proposals: List[Instances], *, score_threshold: Optional[float] = None,
+                  given_boxes: bool = False):
+        """Detections per image, as ``FastRCNNOutputLayers.inference``.
+
+        Args:
+            predictions, proposals: as detectron2's.
+            score_threshold (float or None): keep detections scoring above it (default:
+                ``test_score_thresh``, from ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``).
+            given_boxes (bool): the proposals are boxes given by the caller: they are returned
+                as they are (no regression) and scored by class probability only (no RPN
+                rescoring).
+        """
+        boxes = self.predict_boxes(predictions, proposals,
+                                   regress=False if given_boxes else None)
         probs = self.predict_probs(predictions, proposals)
         scores = probs
-        if self.multiply_rpn_score and not self.training:
+        if self.multiply_rpn_score and not self.training and not given_boxes:
             scores = self.rescore_with_objectness(probs, proposals)
+        threshold = self.test_score_thresh if score_threshold is None else score_threshold
         return fast_rcnn_inference(
-            boxes, scores, [p.image_size for p in proposals], self.test_score_thresh,
+            boxes, scores, [p.image_size for p in proposals], threshold,
             self.test_nms_thresh, self.test_topk_per_image, soft_nms=self.soft_nms,
             report_scores=probs if self.vis else None)

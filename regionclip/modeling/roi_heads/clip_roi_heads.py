@@ -1,7 +1,8 @@
 """C4 ROI heads for CLIP ResNets (RegionCLIP §1.8).
 
-The recognition backbone owns CLIP's ``layer4`` (used as res5) and ``attnpool``; these heads
-receive them at call time, RoIAlign each region on res4, run ``layer4`` and pool every region
+The recognition backbone owns CLIP's ``layer4`` (used as res5) and ``attnpool``; the
+meta-architecture hands them to these heads once (:meth:`BackboneBlocksMixin.use_backbone_blocks`),
+and the heads RoIAlign each region on res4, run ``layer4`` and pool every region
 to one embedding in CLIP's joint space (attention pooling) or by spatial mean.
 
 * :class:`CLIPRes5ROIHeads`: detection (box predictor on the region embeddings, optional mask
@@ -21,15 +22,30 @@ from torch import nn
 
 from .clip_box_predictor import CLIPFastRCNNOutputLayers
 
-__all__ = ["CLIPRes5ROIHeads", "PretrainRes5ROIHeads", "region_embeddings"]
+__all__ = ["BackboneBlocksMixin", "CLIPRes5ROIHeads", "PretrainRes5ROIHeads", "region_embeddings"]
 
 
-def _check_res5(res5, head):
-    if res5 is None:
-        raise ValueError(
-            f"{head} needs the backbone's res5 block (CLIP layer4) at call time: use it through "
-            "CLIPFastRCNN / PretrainFastRCNN / CLIPGeneralizedRCNN, which pass "
-            "res5=backbone.layer4 and attnpool=backbone.attnpool")
+class BackboneBlocksMixin:
+    """ROI heads that run the backbone's own res5 block (CLIP ``layer4``) and ``attnpool``.
+
+    The meta-architecture hands them over once, at construction, with
+    :meth:`use_backbone_blocks`; they are not registered as submodules of the heads (no
+    duplicate checkpoint keys; they move with the backbone).
+    """
+
+    def use_backbone_blocks(self, res5: nn.Module, attnpool: Optional[nn.Module]):
+        """Run ``res5`` on every pooled region, then ``attnpool`` (None: spatial mean)."""
+        self._backbone_blocks = (res5, attnpool)  # a tuple: not a submodule
+
+    def backbone_blocks(self):
+        """``(res5, attnpool)`` given by :meth:`use_backbone_blocks`."""
+        blocks = self.__dict__.get("_backbone_blocks")
+        if blocks is None:
+            raise ValueError(
+                f"{type(self).__name__} needs the backbone's res5 block (CLIP layer4): use it "
+                "through CLIPFastRCNN / PretrainFastRCNN / CLIPGeneralizedRCNN, or call "
+                "use_backbone_blocks(backbone.layer4, backbone.attnpool) first")
+        return blocks
 
 
 def region_embeddings(pooler: ROIPooler, features: List[torch.Tensor], boxes: List[Boxes],
@@ -79,7 +95,7 @@ def _build_pooler(cfg, input_shape, resolution=None):
 
 
 @ROI_HEADS_REGISTRY.register()
-class CLIPRes5ROIHeads(ROIHeads):
+class CLIPRes5ROIHeads(BackboneBlocksMixin, ROIHeads):
     """Res5-style ROI heads that borrow CLIP's ``layer4`` and ``attnpool`` from the backbone."""
 
     @configurable
@@ -124,24 +140,6 @@ class CLIPRes5ROIHeads(ROIHeads):
         ret["inference_chunk_size"] = cfg.MODEL.CLIP.INFERENCE_REGION_CHUNK
         return ret
 
-    def bind_backbone(self, backbone):
-        """Use ``backbone.layer4`` / ``backbone.attnpool`` when none are passed at call time.
-
-        For meta-architectures that call ROI heads with detectron2's signature (e.g.
-        :class:`CLIPGeneralizedRCNN`). The backbone is not registered as a submodule (no
-        duplicate checkpoint keys).
-        """
-        object.__setattr__(self, "_bound_backbone", backbone)
-
-    def _res5_attnpool(self, res5, attnpool):
-        bound = self.__dict__.get("_bound_backbone")
-        if res5 is None and bound is not None:
-            res5 = bound.layer4
-            use_attnpool = isinstance(self.box_predictor, CLIPFastRCNNOutputLayers) and \
-                self.box_predictor.use_text_emb_classifier
-            attnpool = bound.attnpool if use_attnpool else None
-        return res5, attnpool
-
     def _sample_proposals(self, matched_idxs, matched_labels, gt_classes):
         if not self.only_sample_fg_proposals:
             return super()._sample_proposals(matched_idxs, matched_labels, gt_classes)
@@ -161,11 +159,15 @@ class CLIPRes5ROIHeads(ROIHeads):
         sampled = positive[perm]
         return sampled, gt_classes[sampled]
 
-    def forward(self, images, features, proposals, targets=None, res5=None, attnpool=None):
-        """See :meth:`ROIHeads.forward`; ``res5``/``attnpool`` are the backbone's modules."""
+    def forward(self, images, features, proposals, targets=None, *,
+                class_embeddings: Optional[torch.Tensor] = None,
+                score_threshold: Optional[float] = None, given_boxes: bool = False):
+        """See :meth:`ROIHeads.forward`. The keyword arguments apply to inference only and are
+        passed to the box predictor (:meth:`CLIPFastRCNNOutputLayers.inference`): the class
+        embeddings to classify against, the score threshold, and whether the proposals are
+        boxes given by the caller (classified as they are)."""
         del images
-        res5, attnpool = self._res5_attnpool(res5, attnpool)
-        _check_res5(res5, type(self).__name__)
+        res5, attnpool = self.backbone_blocks()
         if self.training:
             if not targets:
                 raise ValueError("CLIPRes5ROIHeads needs ground-truth instances in training")
@@ -173,33 +175,34 @@ class CLIPRes5ROIHeads(ROIHeads):
         del targets
         feats = [features[f] for f in self.in_features]
         chunk = 0 if self.training else self.inference_chunk_size
-        emb, box_features = region_embeddings(self.pooler, feats, [p.proposal_boxes for p in proposals],
+        emb, box_features = region_embeddings(self.pooler, feats,
+                                              [p.proposal_boxes for p in proposals],
                                               res5, attnpool, chunk)
         with torch.autocast(emb.device.type, enabled=False):  # classify in full precision
-            predictions = self.box_predictor(emb.float())
+            predictions = self.box_predictor(emb.float(), class_embeddings=class_embeddings)
         if self.training:
             losses = self.box_predictor.losses(predictions, proposals)
             if self.mask_on:
                 proposals, fg_masks = select_foreground_proposals(proposals, self.num_classes)
                 losses.update(self.mask_head(box_features[torch.cat(fg_masks, dim=0)], proposals))
             return [], losses
-        pred_instances, _ = self.box_predictor.inference(predictions, proposals)
-        return self.forward_with_given_boxes(features, pred_instances, res5), {}
+        pred_instances, _ = self.box_predictor.inference(
+            predictions, proposals, score_threshold=score_threshold, given_boxes=given_boxes)
+        return self.forward_with_given_boxes(features, pred_instances), {}
 
-    def forward_with_given_boxes(self, features, instances, res5=None):
+    def forward_with_given_boxes(self, features, instances):
         """Mask predictions for given boxes (no-op without a mask head)."""
         if self.training:
             raise RuntimeError("forward_with_given_boxes is for inference")
         if not self.mask_on:
             return instances
-        res5, _ = self._res5_attnpool(res5, None)
-        _check_res5(res5, type(self).__name__)
+        res5, _ = self.backbone_blocks()
         x = self.pooler([features[f] for f in self.in_features], [i.pred_boxes for i in instances])
         return self.mask_head(res5(x), instances)
 
 
 @ROI_HEADS_REGISTRY.register()
-class PretrainRes5ROIHeads(ROIHeads):
+class PretrainRes5ROIHeads(BackboneBlocksMixin, ROIHeads):
     """Region embeddings for pretraining: pooler only, no predictor, no sampling."""
 
     @configurable
@@ -221,10 +224,10 @@ class PretrainRes5ROIHeads(ROIHeads):
         ret["pooler"] = _build_pooler(cfg, input_shape, pooler_resolution)
         return ret
 
-    def forward(self, images, features, proposals, targets=None, res5=None, attnpool=None):
+    def forward(self, images, features, proposals, targets=None):
         """Returns (sum R_i, D) embeddings of ``proposals[i].proposal_boxes``, concatenated."""
         del images, targets
-        _check_res5(res5, type(self).__name__)
+        res5, attnpool = self.backbone_blocks()
         emb, _ = region_embeddings(self.pooler, [features[f] for f in self.in_features],
                                    [p.proposal_boxes for p in proposals], res5, attnpool)
         return emb
