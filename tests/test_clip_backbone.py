@@ -94,7 +94,7 @@ def test_c4_returns_only_res4_and_never_runs_layer4():
 
 @pytest.mark.parametrize("head,flag,expected", [
     ("CLIPRes5ROIHeads", True, True),
-    ("CLIPStandardROIHeads", True, True),
+    ("StandardROIHeads", True, False),
     ("CLIPRes5ROIHeads", False, False),
     ("PretrainRes5ROIHeads", False, True),
     ("Res5ROIHeads", True, False),

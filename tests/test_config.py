@@ -142,7 +142,8 @@ def test_yaml_loads_with_strict_keys(path):
 
 
 def test_unknown_key_is_rejected(tmp_path):
-    for bad in ("MODEL:\n  CLIP:\n    NOT_A_KEY: 1\n", "AUG:\n  SCALE: (0.08, 1.0)\n"):
+    for bad in ("MODEL:\n  CLIP:\n    NOT_A_KEY: 1\n", "AUG:\n  SCALE: (0.08, 1.0)\n",
+                "MODEL:\n  CLIP:\n    GRID_REGIONS: True\n"):
         path = tmp_path / "bad.yaml"
         path.write_text(bad)
         with pytest.raises(KeyError):
@@ -179,31 +180,86 @@ def _ext_only_cfg():
     return cfg
 
 
-def test_no_op_keys_say_so():
+def test_no_op_keys_say_so_and_a_yaml_sets_each():
     no_ops = {k.name for k in rc_config.CONFIG_KEYS if "no-op" in k.used_by}
-    assert no_ops == {
-        "MODEL.CLIP.IMS_PER_BATCH_TEST",
-        "MODEL.CLIP.OPENSET_TEST_NUM_CLASSES",
-        "MODEL.CLIP.RUN_CVPR_OVR",
-        "MODEL.CLIP.GRID_REGIONS",
-        "AUG.TEST.IMAGE_SIZE",
-        "AUG.TEST.MAX_SIZE",
-    }
+    assert no_ops == {"AUG.TEST.IMAGE_SIZE", "AUG.TEST.MAX_SIZE"}
+    for name in no_ops:  # the only reason to keep a key nothing reads
+        assert any(name in flatten_yaml(yaml.safe_load(p.read_text()) or {}) for p in YAMLS), name
 
 
-def test_keys_not_added_are_absent_and_listed_in_docstring():
+def flatten_yaml(data, prefix=""):
+    out = set()
+    for key, value in data.items():
+        out.add(prefix + key)
+        if isinstance(value, dict):
+            out |= flatten_yaml(value, prefix + key + ".")
+    return out
+
+
+def test_keys_not_added_are_absent_rejected_and_documented():
     flat = flatten(fresh_cfg())
+    fidelity = (REPO / "docs" / "FIDELITY.md").read_text()
+    assert len(rc_config.KEYS_NOT_ADDED) == len(set(rc_config.KEYS_NOT_ADDED)) == 40
     for name in rc_config.KEYS_NOT_ADDED:
         assert name not in flat
-        assert f"``{name}``" in rc_config.__doc__
-    assert "Keys of the original not added" in rc_config.__doc__
+        with pytest.raises(AssertionError, match=f"Non-existent key: {name}"):
+            fresh_cfg().merge_from_list([name, "1"])
+        for path in YAMLS:  # no yaml of configs/ sets it
+            assert name not in flatten_yaml(yaml.safe_load(path.read_text()) or {}), (name, path)
+    assert rc_config.dropped_keys_markdown() in (REPO / "docs" / "CONFIGS.md").read_text()
+    for keys, _ in rc_config.DROPPED_KEYS:  # FIDELITY.md lists each group (braces allowed)
+        for name in keys:
+            parent, leaf = name.rsplit(".", 1)
+            assert f"`{name}`" in fidelity or (f"`{parent}.{{" in fidelity and leaf in fidelity), name
+
+
+def _attribute_reads(exclude=()):
+    """(attribute names, (owner name, attribute) pairs) read in the package's and tools' code
+    (docstrings and comments do not count), except in the files that declare the keys."""
+    declare = {REPO / "regionclip" / "config.py", REPO / "detectron2_ext" / "config.py"}
+    attrs, pairs = set(), set()
+    for folder in ("regionclip", "detectron2_ext", "tools"):
+        for path in (REPO / folder).rglob("*.py"):
+            if path in declare or path.name in exclude:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Attribute):
+                    attrs.add(node.attr)
+                    owner = getattr(node.value, "attr", getattr(node.value, "id", None))
+                    pairs.add((owner, node.attr))
+    return attrs, pairs
+
+
+def _keys_without_reader(keys, exclude=()):
+    attrs, pairs = _attribute_reads(exclude)
+    leaves = [k.split(".")[-1] for k in rc_config.CONFIG_KEY_DOCS]
+    missing = []
+    for name in keys:
+        parts = name.split(".")
+        if name in rc_config.CONFIG_KEY_DOCS and leaves.count(parts[-1]) == 1:  # unique leaf
+            found = parts[-1] in attrs
+        else:  # e.g. AUG.TRAIN.IMAGE_SIZE / AUG.TEST.IMAGE_SIZE: read through its parent
+            found = (parts[-2], parts[-1]) in pairs
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def test_every_declared_key_has_a_reader():
+    no_ops = {k.name for k in rc_config.CONFIG_KEYS if "no-op" in k.used_by}
+    assert sorted(_keys_without_reader(rc_config.CONFIG_KEY_DOCS)) == sorted(no_ops)
+    # negative controls: a key whose only reader is excluded, and the dropped keys
+    assert _keys_without_reader(["MODEL.CLIP.TEACHER_POOLER_RESOLUTION"],
+                                exclude=("pretrain_fast_rcnn.py",)) == \
+        ["MODEL.CLIP.TEACHER_POOLER_RESOLUTION"]
+    assert sorted(_keys_without_reader(rc_config.KEYS_NOT_ADDED)) == \
+        sorted(rc_config.KEYS_NOT_ADDED)
 
 
 # Defaults from the spec's tables (§2.1, §2.2) and the task's new keys.
 SPEC_DEFAULTS = {
     "MODEL.CLIP.CROP_REGION_TYPE": "",
     "MODEL.CLIP.BB_RPN_WEIGHTS": None,
-    "MODEL.CLIP.IMS_PER_BATCH_TEST": 8,
     "MODEL.CLIP.USE_TEXT_EMB_CLASSIFIER": False,
     "MODEL.CLIP.TEXT_EMB_PATH": None,
     "MODEL.CLIP.OFFLINE_RPN_CONFIG": None,
@@ -212,10 +268,8 @@ SPEC_DEFAULTS = {
     "MODEL.CLIP.ONLY_SAMPLE_FG_PROPOSALS": False,
     "MODEL.CLIP.MULTIPLY_RPN_SCORE": False,
     "MODEL.CLIP.VIS": False,
-    "MODEL.CLIP.OPENSET_TEST_NUM_CLASSES": None,
     "MODEL.CLIP.OPENSET_TEST_TEXT_EMB_PATH": None,
     "MODEL.CLIP.CLSS_TEMP": 0.01,
-    "MODEL.CLIP.RUN_CVPR_OVR": False,
     "MODEL.CLIP.FOCAL_SCALED_LOSS": None,
     "MODEL.CLIP.OFFLINE_RPN_NMS_THRESH": None,
     "MODEL.CLIP.OFFLINE_RPN_POST_NMS_TOPK_TEST": None,
@@ -224,7 +278,6 @@ SPEC_DEFAULTS = {
     "MODEL.CLIP.PRETRAIN_RPN_REGIONS": None,
     "MODEL.CLIP.PRETRAIN_SAMPLE_REGIONS": None,
     "MODEL.CLIP.GATHER_GPUS": False,
-    "MODEL.CLIP.GRID_REGIONS": False,
     "MODEL.CLIP.CONCEPT_POOL_EMB": None,
     "MODEL.CLIP.CONCEPT_THRES": None,
     "MODEL.CLIP.OFFLINE_RPN_LSJ_PRETRAINED": False,
@@ -251,8 +304,6 @@ SPEC_DEFAULTS = {
     "INPUT.TEXT_TOKENIZER": "openai_bpe",
     "DATASETS.FACTORY_TRAIN": (),
     "DATASETS.PATH_TRAIN": (),
-    "DATASETS.FACTORY_TEST": (),
-    "DATASETS.PATH_TEST": (),
     "AUG.INTERPOLATION": 3,
     "AUG.TRAIN.IMAGE_SIZE": [224, 224],
     "AUG.TRAIN.MAX_SIZE": None,
@@ -268,7 +319,7 @@ def test_defaults_match_spec():
     # Every MODEL.CLIP key is listed above: the table is the full spec.
     clip_keys = {k for k in flat if k.startswith("MODEL.CLIP.")}
     assert clip_keys == {k for k in SPEC_DEFAULTS if k.startswith("MODEL.CLIP.")}
-    assert len(clip_keys) == 32 + 10
+    assert len(clip_keys) == 28 + 10  # the original's 32 minus its 4 dead keys; 10 new
 
 
 def test_add_config_is_idempotent_and_keeps_values():

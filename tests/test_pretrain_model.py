@@ -484,7 +484,7 @@ def test_bad_options_fail_clearly():
     with pytest.raises(NotImplementedError, match="'GRID' is not implemented"):
         build_model(_cfg(CROP_REGION_TYPE="GRID"))
     with pytest.raises(ValueError, match="PRETRAIN_ONLY_EOT False"):
-        build_model(_cfg(PRETRAIN_ONLY_EOT=False))
+        _tiny(only_eot=False)
     with pytest.raises(ValueError, match="CONCEPT_THRES is None"):
         _tiny(concept_thres=None)
     with pytest.raises(ValueError, match="has no loss"):

@@ -33,7 +33,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # ROI heads that pool regions with backbone.attnpool when MODEL.CLIP.USE_TEXT_EMB_CLASSIFIER is on.
-ATTNPOOL_ROI_HEADS = ("CLIPRes5ROIHeads", "CLIPStandardROIHeads")
+ATTNPOOL_ROI_HEADS = ("CLIPRes5ROIHeads",)
 # ROI heads that always pool with backbone.attnpool.
 ALWAYS_ATTNPOOL_ROI_HEADS = ("PretrainRes5ROIHeads",)
 
@@ -111,7 +111,7 @@ def uses_attnpool(cfg) -> bool:
         cfg: detectron2 config with the RegionCLIP keys.
 
     Returns:
-        bool: True iff ``ROI_HEADS.NAME`` is CLIPRes5ROIHeads / CLIPStandardROIHeads and
+        bool: True iff ``ROI_HEADS.NAME`` is CLIPRes5ROIHeads and
         ``MODEL.CLIP.USE_TEXT_EMB_CLASSIFIER`` is on, or ``ROI_HEADS.NAME`` is PretrainRes5ROIHeads.
     """
     name = cfg.MODEL.ROI_HEADS.NAME

@@ -22,7 +22,7 @@ from torch import nn
 
 from detectron2_ext.utils import checked_autocast
 
-from ..roi_heads.clip_box_predictor import CLIP_ROI_HEADS
+from ..backbone.clip_resnet import uses_attnpool
 from ..text_encoder import build_clip_language_encoder
 from .offline_rpn import OfflineRPNMixin, build_offline_modules
 from .pixels import normalize_images, pixel_range
@@ -151,8 +151,7 @@ class CLIPFastRCNN(OfflineRPNMixin, nn.Module):
             "offline_cfg": offline_cfg,
             "language_encoder": build_clip_language_encoder(cfg) if clip.GET_CONCEPT_EMB else None,
             "use_clip_c4": cfg.MODEL.BACKBONE.NAME == "build_clip_resnet_backbone",
-            "use_clip_attpool": (cfg.MODEL.ROI_HEADS.NAME in CLIP_ROI_HEADS
-                                 and clip.USE_TEXT_EMB_CLASSIFIER),
+            "use_clip_attpool": uses_attnpool(cfg),
             "vis_period": cfg.VIS_PERIOD,
             "inference_dtype": clip.INFERENCE_DTYPE,
         }

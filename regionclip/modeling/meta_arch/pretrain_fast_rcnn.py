@@ -266,9 +266,7 @@ class PretrainFastRCNN(OfflineRPNMixin, nn.Module):
     @classmethod
     def from_config(cls, cfg):
         clip = cfg.MODEL.CLIP
-        pool_path = clip.CONCEPT_POOL_EMB
-        _check_options(clip.CROP_REGION_TYPE, clip.PRETRAIN_IMG_TXT_LEVEL, clip.PRETRAIN_ONLY_EOT,
-                       bool(pool_path), clip.CONCEPT_THRES)
+        pool_path = clip.CONCEPT_POOL_EMB  # options are validated once, by __init__
         if cfg.MODEL.ROI_HEADS.NAME != "PretrainRes5ROIHeads":
             raise ValueError("PretrainFastRCNN needs MODEL.ROI_HEADS.NAME PretrainRes5ROIHeads, "
                              f"got {cfg.MODEL.ROI_HEADS.NAME!r}")
@@ -289,8 +287,7 @@ class PretrainFastRCNN(OfflineRPNMixin, nn.Module):
             teacher_cfg = cfg.clone()
             teacher_cfg.defrost()
             teacher_cfg.MODEL.RESNETS.DEPTH = clip.TEACHER_RESNETS_DEPTH
-            if "TEACHER_ARCH" in clip:  # architecture by name/JSON ('' = by the depth flag)
-                teacher_cfg.MODEL.CLIP.ARCH = clip.TEACHER_ARCH
+            teacher_cfg.MODEL.CLIP.ARCH = clip.TEACHER_ARCH  # '' = by the depth flag
             teacher_cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = clip.TEACHER_POOLER_RESOLUTION
             teacher_backbone = build_backbone(teacher_cfg)
             _check_pool(concept_emb, _embedding_dim(backbone),

@@ -23,11 +23,11 @@ from torch import nn
 
 from detectron2_ext.modeling import fast_rcnn_inference
 
+from ..backbone.clip_resnet import ATTNPOOL_ROI_HEADS
+
 __all__ = ["CLIPFastRCNNOutputLayers", "load_text_embeddings"]
 
 logger = logging.getLogger(__name__)
-
-CLIP_ROI_HEADS = ("CLIPRes5ROIHeads", "CLIPStandardROIHeads")
 
 
 def load_text_embeddings(path: str, key: str, num_rows: Optional[int], dim: int,
@@ -159,7 +159,7 @@ class CLIPFastRCNNOutputLayers(FastRCNNOutputLayers):
         text_emb = test_text_emb = None
         files = {}
         if use_text:
-            if cfg.MODEL.ROI_HEADS.NAME in CLIP_ROI_HEADS:
+            if cfg.MODEL.ROI_HEADS.NAME in ATTNPOOL_ROI_HEADS:  # region embeddings
                 input_shape = ShapeSpec(channels=clip.TEXT_EMB_DIM)
             if clip.TEXT_EMB_PATH:
                 text_emb = load_text_embeddings(clip.TEXT_EMB_PATH, "MODEL.CLIP.TEXT_EMB_PATH",
