@@ -10,7 +10,7 @@ import torch
 
 from regionclip.checkpoint import convert_openai_clip
 from regionclip.clip import PROMPT_TEMPLATES
-from regionclip.tools.concepts import expand_concepts, main, read_concepts_file
+from regionclip.tools.extract_concept_features import expand_concepts, read_concepts_file, run
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -59,7 +59,7 @@ def reference(model, names):
 def test_direct_form_matches_reference(tiny_clip, tmp_path):
     model, weights = tiny_clip
     out = tmp_path / "emb.pth"
-    saved = main(["--concepts", "cat", "traffic light", "--weights", weights, "--output", str(out),
+    saved = run(["--concepts", "cat", "traffic light", "--weights", weights, "--output", str(out),
                   "--batch-size", "50", "--device", "cpu"])
     loaded = torch.load(out, weights_only=True)
     assert loaded.shape == (2, 16) and loaded.dtype == torch.float32
@@ -71,7 +71,7 @@ def test_direct_form_matches_reference(tiny_clip, tmp_path):
 def test_single_concept_is_squeezed(tiny_clip, tmp_path):
     model, weights = tiny_clip
     out = tmp_path / "one.pth"
-    main(["--concepts", "cat", "--weights", weights, "--output", str(out), "--device", "cpu"])
+    run(["--concepts", "cat", "--weights", weights, "--output", str(out), "--device", "cpu"])
     loaded = torch.load(out, weights_only=True)
     assert loaded.shape == (16,)
     torch.testing.assert_close(loaded, reference(model, ["cat"])[0], rtol=1e-5, atol=1e-5)
@@ -85,7 +85,7 @@ def test_original_invocation_with_converted_checkpoint(tiny_clip, tmp_path):
     input_dir, output_dir = tmp_path / "concepts", tmp_path / "out"
     input_dir.mkdir()
     (input_dir / "concepts.txt").write_text("  traffic light \ncat\n")
-    main(["--config-file", ZSINF_CONFIG, "MODEL.WEIGHTS", str(converted),
+    run(["--config-file", ZSINF_CONFIG, "MODEL.WEIGHTS", str(converted),
           "MODEL.CLIP.GET_CONCEPT_EMB", "True", "INPUT_DIR", str(input_dir),
           "OUTPUT_DIR", str(output_dir), "MODEL.CLIP.OFFLINE_RPN_CONFIG",
           os.path.join(ROOT, "configs", "LVISv1-InstanceSegmentation",
@@ -120,7 +120,7 @@ def test_named_vocabulary(tiny_clip, tmp_path):
 
     model, weights = tiny_clip
     out = tmp_path / "coco17.pth"
-    main(["--concepts", "coco_17", "--weights", weights, "--output", str(out),
+    run(["--concepts", "coco_17", "--weights", weights, "--output", str(out),
           "--no-prompt-ensemble", "--device", "cpu"])
     with torch.no_grad():
         bare = model.encode_text(open_clip.tokenize(COCO_17), normalize=False)
@@ -136,7 +136,7 @@ def test_bad_concept_inputs(tiny_clip, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     with pytest.raises(ValueError, match="empty.txt: no concepts"):
-        main(["--concepts", str(empty), "--weights", weights, "--output", str(tmp_path / "x")])
+        run(["--concepts", str(empty), "--weights", weights, "--output", str(tmp_path / "x")])
     with pytest.raises(ValueError, match="No concepts"):
         expand_concepts([])
     with pytest.raises(FileNotFoundError, match="nothere.txt"):
@@ -145,12 +145,12 @@ def test_bad_concept_inputs(tiny_clip, tmp_path):
     input_dir.mkdir()
     (input_dir / "concepts.txt").write_text("a\n   \n")
     with pytest.raises(ValueError, match="line 2"):
-        main(["--config-file", ZSINF_CONFIG, "MODEL.WEIGHTS", weights, "INPUT_DIR",
+        run(["--config-file", ZSINF_CONFIG, "MODEL.WEIGHTS", weights, "INPUT_DIR",
               str(input_dir), "OUTPUT_DIR", str(tmp_path / "o"), "MODEL.DEVICE", "cpu"])
 
 
 def test_depth_mismatch_in_direct_form(tiny_clip, tmp_path):
     _, weights = tiny_clip
     with pytest.raises(ValueError, match="does not match depth 50: width 64"):
-        main(["--concepts", "cat", "--weights", weights, "--output", str(tmp_path / "x"),
+        run(["--concepts", "cat", "--weights", weights, "--output", str(tmp_path / "x"),
               "--depth", "50"])

@@ -9,10 +9,10 @@ import torch
 
 from _image_text_data import captions_field, tiny_image, write_tsv_pair
 from regionclip.clip import TextTransformer, ensemble_text_embeddings
-from regionclip.tools.concept_pool import (
+from regionclip.tools.build_concept_pool import (
     build_concept_pool,
     count_nouns,
-    main,
+    run,
     read_captions,
     select_concepts,
     spacy_noun_parser,
@@ -67,7 +67,7 @@ def test_count_select_and_output(tmp_path):
     assert select_concepts(counts, min_count=2, max_concepts=2) == ["dog", "ball"]
     (tmp_path / "corpus.txt").write_text("\n".join(captions))
     out = tmp_path / "pool" / "concepts.txt"
-    concepts = main(["--captions", str(tmp_path / "corpus.txt"), "--output", str(out),
+    concepts = run(["--captions", str(tmp_path / "corpus.txt"), "--output", str(out),
                      "--min-count", "2", "--no-progress"], noun_parser=word_parser)
     assert out.read_text().splitlines() == concepts == ["dog", "ball", "cat", "man", "sofa"]
     with pytest.raises(ValueError, match="lower --min-count"):
@@ -105,7 +105,7 @@ def test_embeddings_through_concept_code(tmp_path):
     torch.save(tower.state_dict(), weights)
     (tmp_path / "corpus.txt").write_text("a dog in a park\n" * 2 + "a dog\n")
     emb = tmp_path / "emb.pth"
-    concepts = main(["--captions", str(tmp_path / "corpus.txt"), "--output",
+    concepts = run(["--captions", str(tmp_path / "corpus.txt"), "--output",
                      str(tmp_path / "c.txt"), "--min-count", "2", "--weights", str(weights),
                      "--output-emb", str(emb), "--no-progress"], noun_parser=word_parser)
     assert concepts == ["dog", "park"]

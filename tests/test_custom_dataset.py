@@ -17,7 +17,7 @@ import ovd_world
 from ovd_world import REPO, load_train_net
 from regionclip.data.datasets.custom_ovd import ovd_categories, read_class_names, register_ovd_coco
 from regionclip.data.synthetic import make_synthetic_coco
-from regionclip.tools import concepts as concepts_tool
+from regionclip.tools import extract_concept_features as concepts_tool
 from tiny_clip import TINY_OPTS, write_tiny_clip
 
 # contiguous order follows category ids: ids 1..5 in this order
@@ -165,7 +165,7 @@ def test_bad_registrations_are_clear_errors(data, tmp_path, case):
 def test_embeddings_follow_the_registered_class_order(data, tmp_path):
     _, weights = write_tiny_clip(str(tmp_path))
     out = tmp_path / "base.pth"
-    emb = concepts_tool.main(["--concepts", "dataset:mine_train_emb", "--weights", weights,
+    emb = concepts_tool.run(["--concepts", "dataset:mine_train_emb", "--weights", weights,
                               "--output", str(out), "--device", "cpu"] + _register_args(data, "emb"))
     encoder = concepts_tool.load_text_encoder(weights)
     expected = concepts_tool.compute_concept_embeddings(encoder, BASE, True, 256, True)
@@ -174,12 +174,12 @@ def test_embeddings_follow_the_registered_class_order(data, tmp_path):
     with pytest.raises(KeyError, match="no registered dataset 'mine_nothing'"):
         concepts_tool.expand_concepts(["dataset:mine_nothing"])
     with pytest.raises(SystemExit):  # the config form reads INPUT_DIR/concepts.txt
-        concepts_tool.main(["--config-file",
+        concepts_tool.run(["--config-file",
                             os.path.join(REPO, "configs/pretrain/RegionCLIP_RN50.yaml")]
                            + _register_args(data, "cfg"))
     # KEY VALUE overrides swallowed by --register-coco are named
     with pytest.raises(ValueError, match="takes NAME JSON IMAGE_ROOT .*'MODEL.DEVICE'"):
-        concepts_tool.main(["--register-coco", "mine_x", data["val"].coco_json,
+        concepts_tool.run(["--register-coco", "mine_x", data["val"].coco_json,
                             data["val"].image_root, "MODEL.DEVICE", "cpu", "--concepts", "a",
                             "--weights", weights, "--output", str(out)])
 
@@ -264,7 +264,7 @@ def test_rpn_on_base_boxes_then_transfer_learning(data, tmp_path, monkeypatch):
     embeddings = {}
     for name, rows in (("mine_train_e2e", 3), ("mine_val_e2e", 5)):
         path = str(tmp_path / f"{name}.pth")
-        concepts_tool.main(["--concepts", f"dataset:{name}", "--weights", clip_weights,
+        concepts_tool.run(["--concepts", f"dataset:{name}", "--weights", clip_weights,
                             "--output", path, "--device", "cpu"])
         assert torch.load(path).shape == (rows, 64)
         embeddings[name] = path

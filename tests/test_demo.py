@@ -147,7 +147,7 @@ def test_cli_end_to_end(world, tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("cat\ndog\n")
     out = tmp_path / "out"
-    results = demo.main(["--input", os.path.dirname(world["images"][0]), "--vocabulary",
+    results = demo.run(["--input", os.path.dirname(world["images"][0]), "--vocabulary",
                          str(vocab), "bird", "--output", str(out), "--weights", world["weights"],
                          "--score-threshold", "0", "--device", "cpu", "--opts"] + world["opts"])
     assert sorted(os.listdir(out)) == ["a.jpg", "b.png", "detections.json"]
@@ -163,9 +163,9 @@ def test_cli_templates_file_changes_the_text_embeddings(world, tmp_path):
     args = ["--input", image, "--vocabulary"] + VOCAB + [
         "--weights", world["weights"], "--score-threshold", "0", "--boxes-json", str(boxes),
         "--device", "cpu"]
-    custom = demo.main(args + ["--templates", str(templates), "--output", str(tmp_path / "t"),
+    custom = demo.run(args + ["--templates", str(templates), "--output", str(tmp_path / "t"),
                                "--opts"] + world["opts"])[image]
-    default = demo.main(args + ["--output", str(tmp_path / "d"), "--opts"] + world["opts"])[image]
+    default = demo.run(args + ["--output", str(tmp_path / "d"), "--opts"] + world["opts"])[image]
     # the same as the API with those two templates, and not the 81-template result
     expected = world["detector"].detect(image, VOCAB, boxes=BOXES, score_threshold=0.0,
                                         templates=["a sketch of a {}.", "{} seen from above"])
@@ -196,6 +196,6 @@ def test_cli_errors_before_building_the_model(world, tmp_path, case, monkeypatch
                 "empty_templates": (ValueError, "empty_templates.txt' holds no template")}[case]
     templates = ["--templates", str(tmp_path / f"{case}.txt")] if "templates" in case else []
     with pytest.raises(expected[0], match=expected[1]):
-        demo.main(["--input", image, "--vocabulary"] + vocab + templates
+        demo.run(["--input", image, "--vocabulary"] + vocab + templates
                   + ["--output", str(tmp_path / "o"), "--weights", world["weights"], "--opts"]
                   + world["opts"])

@@ -95,11 +95,11 @@ def test_score_threshold_must_be_a_number_in_0_1(rc, image, threshold):
 
 @pytest.mark.parametrize("threshold", ["1.5", "nan", "-0.5"])
 def test_demo_score_threshold_is_checked_first(tmp_path, image, threshold):
-    from regionclip.tools.demo import main
+    from regionclip.tools.demo import run
 
     path = _write_image(tmp_path / "photo.png", image)
     with pytest.raises(ValueError, match="--score-threshold"):
-        main(["--input", path, "--vocabulary", "cat", "--output", str(tmp_path / "out"),
+        run(["--input", path, "--vocabulary", "cat", "--output", str(tmp_path / "out"),
               "--weights", str(tmp_path / "never_read.pth"), "--score-threshold", threshold])
 
 
@@ -218,7 +218,7 @@ def test_webdataset_read_errors_are_counted(tmp_path, caplog):
 
 def test_make_image_text_dataset_counts_read_errors(tmp_path):
     pytest.importorskip("webdataset")
-    from regionclip.tools.image_text_dataset import convert
+    from regionclip.tools.make_image_text_dataset import convert
 
     _damaged_shards(tmp_path)
     with pytest.raises(ValueError, match="read error"):
@@ -229,7 +229,7 @@ def test_make_image_text_dataset_counts_read_errors(tmp_path):
 
 
 def test_make_image_text_dataset_reports_images_missing_from_the_captions(tmp_path):
-    from regionclip.tools.image_text_dataset import convert
+    from regionclip.tools.make_image_text_dataset import convert
 
     images = tmp_path / "images"
     images.mkdir()

@@ -19,7 +19,7 @@ from detectron2_ext.data import (
 )
 from detectron2_ext.data.image_text_wds import iterate_shard_records
 from regionclip.data.pretrain import parse_text_field
-from regionclip.tools.image_text_dataset import convert, main
+from regionclip.tools.make_image_text_dataset import convert, main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -165,11 +165,13 @@ def test_img2dataset_tar_and_files_layouts(tmp_path):
 def test_main_and_script(tmp_path, capsys):
     captions, _ = image_folder(tmp_path / "images", 2)
     (tmp_path / "c.json").write_text(json.dumps(captions))
-    main(["--images", str(tmp_path / "images"), "--captions", str(tmp_path / "c.json"),
-          "--output", str(tmp_path / "out"), "--no-progress"])
+    assert main(["--images", str(tmp_path / "images"), "--captions", str(tmp_path / "c.json"),
+                 "--output", str(tmp_path / "out"), "--no-progress"]) == 0
     assert "Wrote 2 samples" in capsys.readouterr().out
     script = str(REPO / "tools" / "make_image_text_dataset.py")
     argv = [script, "--images", str(tmp_path / "nope"), "--output", str(tmp_path / "x")]
     with mock.patch.object(sys, "argv", argv), pytest.raises(SystemExit) as exit_info:
         runpy.run_path(script, run_name="__main__")
-    assert "images folder not found" in str(exit_info.value.code)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: " in err and "images folder not found" in err

@@ -291,7 +291,7 @@ def test_concept_features_match_original(expected, files):
     """
     from regionclip.clip import build_prompts, tokenize
     from regionclip.modeling.text_encoder import build_clip_language_encoder
-    from regionclip.tools.concepts import compute_concept_embeddings
+    from regionclip.tools.extract_concept_features import compute_concept_embeddings
 
     model = build("concepts", files, device="meta")
     specs = state_dict_specs(model.state_dict())

@@ -211,7 +211,7 @@ def test_cli_registers_the_dataset_and_writes_json(tiny, dataset, tmp_path):
     out = tmp_path / "acc.json"
     # the LVIS zero-shot config takes regions from an offline RPN: the tool gives GT boxes itself
     lvis_opts = [o for o in opts if o not in ("MODEL.CLIP.CROP_REGION_TYPE", "GT")]
-    results = ra.main(["--config-file", LVIS_ZS, "--register-coco", "_regacc_cli", json_path,
+    results = ra.run(["--config-file", LVIS_ZS, "--register-coco", "_regacc_cli", json_path,
                        root, "--novel-classes", ",".join(NOVEL), "--modes", "crop",
                        "--max-images", "2", "--text-emb", emb_path, "--output", str(out),
                        "MODEL.WEIGHTS", weights] + lvis_opts)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from detectron2.structures import Boxes, Instances
 
 from tiny_detector import ZSINF, independent_features, tiny_detector_opts, write_images
-from regionclip.tools import region_features as rf
+from regionclip.tools import extract_region_features as rf
 
 NUM_CLASSES = 5
 
@@ -187,7 +187,7 @@ def test_unreadable_file_is_an_error_or_skipped_and_counted(world, tmp_path):
 
 
 def test_cli_without_text_embeddings_writes_box_features(world, tmp_path):
-    total = rf.main(["--config-file", ZSINF] + world["opts"] + ["OUTPUT_DIR", str(tmp_path)])
+    total = rf.run(["--config-file", ZSINF] + world["opts"] + ["OUTPUT_DIR", str(tmp_path)])
     assert total == {"done": 2, "skipped": []}
     for name in ("a", "b"):
         saved = torch.load(tmp_path / f"{name}.pth")
@@ -199,7 +199,7 @@ def test_cli_refuses_colliding_names_before_writing(world, tmp_path):
     write_images(str(inp), [("x.jpg", (96, 128)), ("x.png", (96, 128))])
     opts = world["opts"] + ["INPUT_DIR", str(inp), "OUTPUT_DIR", str(tmp_path / "out")]
     with pytest.raises(ValueError, match="x.jpg' and '.*x.png' would both be saved as 'x.pth'"):
-        rf.main(["--config-file", ZSINF] + opts)
+        rf.run(["--config-file", ZSINF] + opts)
     assert not list(tmp_path.glob("out/*.pth"))
 
 

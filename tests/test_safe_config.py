@@ -65,11 +65,11 @@ def _train_net(config, tiny, tmp_path):
 
 
 def _demo(config, tiny, tmp_path):
-    from regionclip.tools.demo import main
+    from regionclip.tools.demo import run
     from regionclip.data.synthetic import make_synthetic_coco
 
     data = make_synthetic_coco(str(tmp_path / "img"), num_images=1, image_size=(64, 64))
-    return main(["--input", data.image_root, "--vocabulary", "cat", "--output",
+    return run(["--input", data.image_root, "--vocabulary", "cat", "--output",
                  str(tmp_path / "demo"), "--config-file", config, "--weights", tiny["weights"],
                  "--device", "cpu", "--opts"] + _opts(tiny))
 

@@ -13,7 +13,7 @@ from detectron2.data import MetadataCatalog
 
 from tiny_detector import REPO, write_images
 from regionclip.data.datasets.lvis_ovd import register_lvis_custom_img
-from regionclip.tools import visualize_json as vj
+from regionclip.tools import visualize_json_results as vj
 
 
 def _pred(score, bbox, image_id=0, category_id=1):

@@ -7,16 +7,11 @@ Example (the paper's COCO pool: nouns of COCO Captions occurring at least 100 ti
         --output concepts.txt --min-count 100 \\
         [--weights RN50_OAI_CLIP.pth --output-emb coco_nouns_emb.pth]
 
-Needs spaCy and an English pipeline (en_core_web_sm). See :mod:`regionclip.tools.concept_pool`.
+Needs spaCy and an English pipeline (en_core_web_sm). See :mod:`regionclip.tools.build_concept_pool`.
 """
-import logging
 import sys
 
-from regionclip.tools.concept_pool import main
+from regionclip.tools.build_concept_pool import main
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        main(sys.argv[1:])
-    except (ImportError, OSError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    sys.exit(main())

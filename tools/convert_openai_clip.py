@@ -3,46 +3,11 @@
 
     python tools/convert_openai_clip.py --student RN50.pt [--teacher RN50x4.pt] --output OUT.pth
 
-Inputs are OpenAI CLIP files as distributed (TorchScript archives), plain state dicts with OpenAI
-key names, or the original's ``teacher_*_student_*_OAI_CLIP.pth`` files. The output
-``{"model": ..., "__author__": ..., "matching_heuristics": False}`` holds ``backbone.*`` (student
-image tower), ``teacher_backbone.*`` (teacher image tower; default: the student's) and
-``lang_encoder.*`` (the student file's text tower), i.e. everything the pretraining model needs
-besides the offline RPN; detection models load it too (the teacher keys are then unused).
-Architectures are inferred from the weights, so teacher and student may differ.
+See :mod:`regionclip.tools.convert_openai_clip`.
 """
-import argparse
-import logging
-import os
 import sys
 
-import torch
-
-from regionclip.checkpoint import convert_openai_clip
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--student", required=True,
-                        help="CLIP file of the student (image tower -> backbone.*, text tower -> "
-                             "lang_encoder.*)")
-    parser.add_argument("--teacher", default=None,
-                        help="CLIP file of the teacher image tower (default: the student file's "
-                             "teacher copy if it has one, else its image tower)")
-    parser.add_argument("--output", required=True, help="output .pth file")
-    return parser.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    checkpoint, report = convert_openai_clip(args.student, args.teacher)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    torch.save(checkpoint, args.output)
-    print(report.summary())
-    print(f"Wrote {len(checkpoint['model'])} tensors to {args.output}")
-    return 0
-
+from regionclip.tools.convert_openai_clip import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,10 +8,9 @@
 
 See :mod:`regionclip.tools.demo`.
 """
-import logging
+import sys
 
 from regionclip.tools.demo import main
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    main()
+    sys.exit(main())

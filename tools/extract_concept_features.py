@@ -13,13 +13,11 @@ reads ``DIR/concepts.txt`` and writes ``OUT/concept_embeds.pth``. Direct form::
         --weights CKPT --output FILE.pth [--depth 50|101|200] [--no-prompt-ensemble] \\
         [--batch-size N]
 
-See :mod:`regionclip.tools.concepts`.
+See :mod:`regionclip.tools.extract_concept_features`.
 """
-import logging
 import sys
 
-from regionclip.tools.concepts import main
+from regionclip.tools.extract_concept_features import main
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    main(sys.argv[1:])
+    sys.exit(main())

@@ -9,9 +9,11 @@ Original command line (options such as ``--fix-index-bug`` go before the ``KEY V
         MODEL.CLIP.BB_RPN_WEIGHTS RPN_CKPT INPUT_DIR DIR OUTPUT_DIR OUT \\
         [MODEL.CLIP.TEXT_EMB_PATH EMB] [KEY VALUE ...]
 
-writes ``OUT/<name>.pth`` per image. See :mod:`regionclip.tools.region_features`.
+writes ``OUT/<name>.pth`` per image. See :mod:`regionclip.tools.extract_region_features`.
 """
-from regionclip.tools.region_features import main
+import sys
+
+from regionclip.tools.extract_region_features import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,16 +8,11 @@ Examples::
         --format wds --shard-size 1000
     python tools/make_image_text_dataset.py --images IMG2DATASET_OUT --output OUT  # tar or files
 
-See :mod:`regionclip.tools.image_text_dataset` and docs/PRETRAINING.md ("Data").
+See :mod:`regionclip.tools.make_image_text_dataset` and docs/PRETRAINING.md ("Data").
 """
-import logging
 import sys
 
-from regionclip.tools.image_text_dataset import main
+from regionclip.tools.make_image_text_dataset import main
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        main(sys.argv[1:])
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    sys.exit(main())

@@ -8,7 +8,9 @@
 
 See :mod:`regionclip.tools.region_accuracy`.
 """
+import sys
+
 from regionclip.tools.region_accuracy import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,9 +5,11 @@
         --output ./output/regions --dataset lvis_v1_val_custom_img --conf-threshold 0.05 \\
         --show-unique-boxes --max-boxes 25 --small-region-px 8100
 
-See :mod:`regionclip.tools.visualize_json`.
+See :mod:`regionclip.tools.visualize_json_results`.
 """
-from regionclip.tools.visualize_json import main
+import sys
+
+from regionclip.tools.visualize_json_results import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

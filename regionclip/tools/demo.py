@@ -31,11 +31,11 @@ import numpy as np
 
 from regionclip.data.datasets.lvis_ovd import IMAGE_EXTENSIONS
 from regionclip.data.vocabularies import VOCABULARY_NAMES, get_vocabulary
-from regionclip.tools import read_json
-from regionclip.tools.concepts import read_concepts_file
+from regionclip.tools import read_json, run_command
+from regionclip.tools.extract_concept_features import read_concepts_file
 
 __all__ = ["resolve_vocabulary", "list_images", "load_boxes_json", "read_templates_file",
-           "draw_detections", "run_demo", "build_parser", "main"]
+           "draw_detections", "run_demo", "build_parser", "run", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def run(argv: Optional[Sequence[str]] = None) -> dict:
     """Run the demo (``argv`` without the program name; default ``sys.argv``)."""
     import torch
 
@@ -320,3 +320,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     print(f"{sum(len(v) for v in results.values())} detections on {len(results)} images; "
           f"pictures and {JSON_NAME} in {args.output}")
     return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command ``tools/demo.py`` / ``regionclip-demo``: :func:`run`, exit status."""
+    return run_command(run, argv)

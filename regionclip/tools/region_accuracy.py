@@ -39,8 +39,9 @@ from ..api import read_rgb_image
 from ..data.categories import clean_lvis_name
 from ..data.datasets.custom_ovd import add_register_arguments, register_from_args
 from ..modeling.roi_heads.clip_box_predictor import load_text_embeddings
+from regionclip.tools import run_command
 
-__all__ = ["accuracy_table", "dataset_regions", "main", "region_accuracy"]
+__all__ = ["accuracy_table", "dataset_regions", "run", "main", "region_accuracy"]
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ def _json_safe(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def main(argv=None):
+def run(argv=None):
     args = _parser().parse_args(argv)
     setup_logger(name="regionclip")
     registered = register_from_args(args)
@@ -249,3 +250,8 @@ def main(argv=None):
             json.dump({"dataset": dataset, "config": args.config_file, "opts": args.opts,
                        "results": _json_safe(results)}, f, indent=1)
     return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command ``tools/region_accuracy.py`` / ``regionclip-region-accuracy``: :func:`run`, exit status."""
+    return run_command(run, argv)

@@ -48,10 +48,11 @@ from detectron2.structures import Instances
 from detectron2.utils import comm
 
 from regionclip.modeling.roi_heads import region_embeddings
+from regionclip.tools import run_command
 
 __all__ = ["list_input_files", "output_paths", "read_inputs", "build_extraction_model",
            "extract_region_features", "original_keep_indices", "first_per_region",
-           "run_extraction", "build_parser", "main"]
+           "run_extraction", "build_parser", "run", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -307,7 +308,7 @@ def worker(args) -> dict:
     return total
 
 
-def main(argv: Optional[Sequence[str]] = None):
+def run(argv: Optional[Sequence[str]] = None):
     """Run the tool (``argv`` without the program name; default ``sys.argv``)."""
     from detectron2_ext.engine import launch
 
@@ -319,3 +320,8 @@ def main(argv: Optional[Sequence[str]] = None):
     launch(worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))
     return None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command ``tools/extract_region_features.py`` / ``regionclip-extract-region-features``: :func:`run`, exit status."""
+    return run_command(run, argv)

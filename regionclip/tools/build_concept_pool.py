@@ -14,7 +14,7 @@ contain that step (spec §1.5). This tool does it:
 3. keep nouns with at least ``--min-count`` occurrences (100), most frequent first (ties in
    alphabetical order), and write them one per line (``concepts.txt``);
 4. optionally embed them (``--weights CKPT --output-emb FILE``) with the 81-prompt ensemble of
-   :mod:`regionclip.tools.concepts` (the file ``MODEL.CLIP.CONCEPT_POOL_EMB`` expects).
+   :mod:`regionclip.tools.extract_concept_features` (the file ``MODEL.CLIP.CONCEPT_POOL_EMB`` expects).
 """
 import argparse
 import collections
@@ -25,9 +25,10 @@ import os
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
 from detectron2_ext.data import TSVFile, discover_tsv_pairs
+from regionclip.tools import run_command
 
 __all__ = ["NounParser", "read_captions", "spacy_noun_parser", "count_nouns", "select_concepts",
-           "write_concepts", "build_concept_pool", "build_parser", "main"]
+           "write_concepts", "build_concept_pool", "build_parser", "run", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None, noun_parser: Optional[NounParser] = None):
+def run(argv: Optional[Sequence[str]] = None, noun_parser: Optional[NounParser] = None):
     """Run the tool.
 
     Args:
@@ -277,7 +278,7 @@ def main(argv: Optional[Sequence[str]] = None, noun_parser: Optional[NounParser]
                                   args.max_concepts, not args.no_progress)
     print(f"Wrote {len(concepts)} concepts to {args.output}")
     if args.weights:
-        from regionclip.tools.concepts import (
+        from regionclip.tools.extract_concept_features import (
             compute_concept_embeddings,
             load_text_encoder,
             save_concept_embeddings,
@@ -288,3 +289,8 @@ def main(argv: Optional[Sequence[str]] = None, noun_parser: Optional[NounParser]
         saved = save_concept_embeddings(embeddings, args.output_emb)
         print(f"Wrote embeddings {tuple(saved.shape)} to {args.output_emb}")
     return concepts
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command ``tools/build_concept_pool.py`` / ``regionclip-build-concept-pool``: :func:`run`, exit status."""
+    return run_command(run, argv)

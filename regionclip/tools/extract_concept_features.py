@@ -40,9 +40,10 @@ from regionclip.clip import (
 )
 from regionclip.data.datasets.custom_ovd import add_register_arguments, register_from_args
 from regionclip.data.vocabularies import VOCABULARY_NAMES, get_vocabulary
+from regionclip.tools import run_command
 
 __all__ = ["read_concepts_file", "dataset_classes", "expand_concepts", "load_text_encoder",
-           "compute_concept_embeddings", "save_concept_embeddings", "build_parser", "main"]
+           "compute_concept_embeddings", "save_concept_embeddings", "build_parser", "run", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ def _from_config(args):
     return concepts, encoder, device, output, bool(cfg.MODEL.CLIP.TOKENIZE_TRUNCATE)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> torch.Tensor:
+def run(argv: Optional[Sequence[str]] = None) -> torch.Tensor:
     """Run the tool.
 
     Args:
@@ -290,3 +291,8 @@ def main(argv: Optional[Sequence[str]] = None) -> torch.Tensor:
     logger.info("Saved %s embeddings of %d concepts to %s", tuple(saved.shape), len(concepts),
                 output)
     return saved
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command ``tools/extract_concept_features.py`` / ``regionclip-extract-concept-features``: :func:`run`, exit status."""
+    return run_command(run, argv)

@@ -30,10 +30,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 from detectron2.structures import Boxes, BoxMode, Instances
 
-from regionclip.tools import read_json
+from regionclip.tools import read_json, run_command
 
 __all__ = ["load_predictions", "group_by_image", "select_predictions", "category_mapper",
-           "create_instances", "visualize_json_results", "build_parser", "main"]
+           "create_instances", "visualize_json_results", "build_parser", "run", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, List[dict]]:
+def run(argv: Optional[Sequence[str]] = None) -> Dict[str, List[dict]]:
     """Run the tool (``argv`` without the program name; default ``sys.argv``)."""
     from detectron2.utils.logger import setup_logger
 
@@ -221,3 +221,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, List[dict]]:
     print(f"Drew {sum(len(v) for v in drawn.values())} boxes on {len(drawn)} images in "
           f"{args.output}")
     return drawn
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command ``tools/visualize_json_results.py`` / ``regionclip-visualize-json-results``: :func:`run`, exit status."""
+    return run_command(run, argv)

@@ -43,9 +43,10 @@ from PIL import Image
 from detectron2_ext.data import is_image_tsv_name, text_tsv_name
 from detectron2_ext.data.image_text_wds import IMAGE_EXTENSIONS, iterate_shard_records, sample_text
 from detectron2_ext.data.tsv import lineidx_path, write_lineidx
+from regionclip.tools import run_command
 
 __all__ = ["Record", "records_from_mapping", "records_from_folder", "records_from_shards",
-           "read_caption_file", "convert", "build_parser", "main"]
+           "read_caption_file", "convert", "build_parser", "run", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -422,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def run(argv: Optional[Sequence[str]] = None) -> dict:
     """Run the tool; prints a summary."""
     args = build_parser().parse_args(argv)
     summary = convert(args.images, args.output, args.captions, args.name, args.format,
@@ -431,3 +432,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     print(f"Wrote {summary['written']} samples to {len(summary['files'])} files in {args.output}"
           + (f"; left out {left_out} unusable samples" if left_out else ""))
     return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command ``tools/make_image_text_dataset.py`` / ``regionclip-make-image-text-dataset``: :func:`run`, exit status."""
+    return run_command(run, argv)
