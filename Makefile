@@ -1,6 +1,7 @@
 # One command to install, one to test. Every target bootstraps itself on a fresh clone.
 #   make install   create .venv with torch, detectron2 and this project (editable, test extras),
 #                  and the toy-world project projects/toyworld (editable)
+#   make lint      ruff check (lint and import order, settings in pyproject.toml)
 #   make test      install if needed, then run the test suite
 #   make test-gpu  on a GPU machine (< 5 min): the gpu-marked tests and the GPU benchmark, report
 #                  in GPU_REPORT (default output/gpu/report.md); without a GPU: says so, fails
@@ -24,12 +25,12 @@ DEMO_OUT ?= output/demo
 VOCAB ?=
 IMAGES ?=
 
-.PHONY: install test test-gpu clean-venv toyworld demo
+.PHONY: install lint test test-gpu clean-venv toyworld demo
 
 install: $(STAMP)
 
 # Re-runs only when the dependency lists change; each step is a no-op when already satisfied.
-$(STAMP): setup.py requirements.txt tools/install_detectron2.sh projects/toyworld/setup.py
+$(STAMP): pyproject.toml requirements.txt tools/install_detectron2.sh projects/toyworld/setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch, torchvision" 2>/dev/null \
 		&& echo "[install] torch $$($(PY) -c 'import torch; print(torch.__version__)') already installed" \
@@ -39,6 +40,9 @@ $(STAMP): setup.py requirements.txt tools/install_detectron2.sh projects/toyworl
 	$(PY) -m pip install --no-deps -e projects/toyworld
 	@$(PY) -c "import regionclip, toyworld; print('[install] regionclip', regionclip.__version__, 'and toyworld ready')"
 	@touch $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

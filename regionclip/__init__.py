@@ -8,13 +8,11 @@ from ._deps import check_dependencies
 
 check_dependencies()
 
-__version__ = "0.1.0"
+import detectron2_ext  # noqa: E402,F401  (generic detectron2 additions)
 
-import detectron2_ext  # noqa: F401,E402  (generic detectron2 additions)
-
-from .config import add_regionclip_config  # noqa: E402
-from . import data  # noqa: F401,E402  (registers datasets)
-from . import modeling  # noqa: F401,E402  (registers models)
+from . import data, modeling  # noqa: E402,F401  (register the datasets and the models)
 from .api import RegionCLIP  # noqa: E402
+from .config import add_regionclip_config  # noqa: E402
+from .version import __version__  # noqa: E402
 
 __all__ = ["add_regionclip_config", "RegionCLIP", "__version__"]

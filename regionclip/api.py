@@ -1,9 +1,11 @@
 """Python API: zero-shot region recognition and detection with a few lines of code.
 
     from regionclip import RegionCLIP
-    rc = RegionCLIP.from_config("configs/LVISv1-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_custom_img.yaml",
-                                weights="pretrained_ckpt/regionclip/regionclip_pretrained-cc_rn50.pth",
-                                opts=["MODEL.CLIP.OFFLINE_RPN_CONFIG", "configs/.../mask_rcnn_R_50_FPN_1x.yaml"])
+    rc = RegionCLIP.from_config(
+        "configs/LVISv1-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_custom_img.yaml",
+        weights="pretrained_ckpt/regionclip/regionclip_pretrained-cc_rn50.pth",
+        opts=["MODEL.CLIP.OFFLINE_RPN_CONFIG",
+              "configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"])
     dets = rc.detect("image.jpg", ["cat", "remote control", "sofa"])
 """
 import logging
@@ -11,16 +13,16 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes
+from PIL import Image
 
 from detectron2_ext.utils import resolve_device
 
+from .checkpoint import load_model_weights
 from .clip.prompts import check_templates, ensemble_text_embeddings
 from .config import load_config
-from .checkpoint import load_model_weights
 from .engine.checks import require_weights
 from .inputs import (
     check_boxes,
@@ -143,7 +145,8 @@ class RegionCLIP:
             texts = [texts]
         texts = [str(t) for t in texts]
         if not texts or any(not t.strip() for t in texts):
-            raise ValueError(f"the vocabulary must be a non-empty list of non-empty names, got {texts!r}")
+            raise ValueError("the vocabulary must be a non-empty list of non-empty names, got "
+                             f"{texts!r}")
         if not self.text_encoder_loaded:
             raise RuntimeError(f"MODEL.WEIGHTS '{self.cfg.MODEL.WEIGHTS}' has no text-encoder "
                                "weights (lang_encoder.* or OpenAI text keys)")
@@ -255,10 +258,10 @@ class RegionCLIP:
                 config's regions (offline RPN or ground truth); checked as in
                 :meth:`encode_regions`.
             score_threshold (float or None): detections must score above it, a number in
-                [0, 1] (default: the config's ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``). With ``MULTIPLY_RPN_SCORE`` and
-                ``VIS`` (the custom-image config) the threshold applies to
-                sqrt(probability * RPN logit) while the returned score is the class probability,
-                as in the original, so returned scores can be below it.
+                [0, 1] (default: the config's ``MODEL.ROI_HEADS.SCORE_THRESH_TEST``). With
+                ``MULTIPLY_RPN_SCORE`` and ``VIS`` (the custom-image config) the threshold
+                applies to sqrt(probability * RPN logit) while the returned score is the class
+                probability, as in the original, so returned scores can be below it.
             prompt_ensemble (bool), templates: see :meth:`encode_text`.
 
         Returns:

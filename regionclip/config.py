@@ -21,6 +21,7 @@ data too: ``DROPPED_KEYS`` (key groups and why), ``KEYS_NOT_ADDED`` (the flat tu
 from typing import Dict, List, Tuple
 
 from detectron2.config import CfgNode
+
 from detectron2_ext.config import CONFIG_KEYS as _EXT_CONFIG_KEYS
 from detectron2_ext.config import (
     ConfigKey,
@@ -324,7 +325,8 @@ def add_regionclip_config(cfg: CfgNode) -> None:
 
 
 def load_config(config_file: str, opts=(), cpu_fallback: bool = True) -> CfgNode:
-    """``get_cfg()`` + :func:`add_regionclip_config` + the yaml + ``KEY VALUE`` overrides (unfrozen).
+    """``get_cfg()`` + :func:`add_regionclip_config` + the yaml + ``KEY VALUE`` overrides
+    (unfrozen).
 
     Args:
         config_file (str): a yaml (with its ``_BASE_`` files, read by ``yaml.safe_load`` only).

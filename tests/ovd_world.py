@@ -28,7 +28,8 @@ SMALL = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE
          # parts without weights (an offline RPN, a box head) are initialised at random: a fixed
          # seed makes every run of a test see the same model (SEED -1 draws a new one each run)
          "SEED", "0"]
-ALL_COCO_OVD = json.load(open(os.path.join(REPO, "regionclip/data/metadata/coco_ovd_categories.json")))
+ALL_COCO_OVD = json.load(open(os.path.join(REPO,
+                                           "regionclip/data/metadata/coco_ovd_categories.json")))
 
 
 def _instances(data, coco_cats):
@@ -71,7 +72,8 @@ def write_embeddings(path, num, dim=1024, seed=0):
 
 def load_train_net():
     """``tools/train_net.py`` as a module (its ``main(args)`` runs in this process)."""
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "tools/train_net.py"))
+    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO,
+                                                                            "tools/train_net.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -4,12 +4,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from tiny_clip import TINY, TINY_OPTS, write_tiny_clip
 
 from regionclip import RegionCLIP
 from regionclip.clip import build_clip_from_state_dict
 from regionclip.clip.prompts import PROMPT_TEMPLATES
 from regionclip.clip.tokenizer import tokenize
-from tiny_clip import TINY, TINY_OPTS, write_tiny_clip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZS = os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd_zsinf.yaml")
@@ -51,7 +51,8 @@ def test_encode_text_is_the_81_template_mean(tiny):
             ref = clip.encode_text(tokenize(prompts)).mean(0)
             torch.testing.assert_close(emb[i], ref, rtol=1e-4, atol=1e-5)
         raw = clip.encode_text(tokenize(names))
-    torch.testing.assert_close(rc.encode_text(names, prompt_ensemble=False), raw, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(rc.encode_text(names, prompt_ensemble=False), raw, rtol=1e-4,
+                               atol=1e-5)
     assert rc.encode_text(names) is emb  # cached per vocabulary
 
 
@@ -77,7 +78,8 @@ def test_detect_given_boxes_labels_every_box_from_the_vocabulary(tiny, tmp_path)
     from PIL import Image
 
     path = tmp_path / "scene.png"
-    Image.fromarray(np.random.default_rng(1).integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(path)
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (120, 160, 3),
+                                                      dtype=np.uint8)).save(path)
     vocab = ["square", "circle", "triangle"]
     boxes = [[10, 10, 60, 50], [70, 30, 150, 110]]
     dets = rc.detect(str(path), vocab, boxes=boxes, score_threshold=0.0)

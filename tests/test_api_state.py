@@ -6,9 +6,9 @@ submodule as they were, and each call must give what a freshly built model gives
 """
 import pytest
 import torch
+from tiny_detector import CUSTOM, tiny_detector_opts, write_images
 
 from regionclip import RegionCLIP
-from tiny_detector import CUSTOM, tiny_detector_opts, write_images
 
 VOCAB_A = ["red square", "blue circle", "green triangle"]
 VOCAB_B = ["cat", "remote control", "sofa", "lamp"]
@@ -108,4 +108,5 @@ def test_the_state_check_sees_a_changed_vocabulary_or_threshold(world):
     rc = _build(world)
     before = _snapshot(rc.model)
     rc.model.roi_heads.box_predictor.test_score_thresh = 0.5
-    assert _differences(before, _snapshot(rc.model)) == ["roi_heads.box_predictor.test_score_thresh"]
+    assert _differences(before,
+                        _snapshot(rc.model)) == ["roi_heads.box_predictor.test_score_thresh"]

@@ -10,7 +10,8 @@ from detectron2.modeling import build_model
 from regionclip import add_regionclip_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"),
+CONFIGS = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "**",
+                                                                          "*.yaml"),
                                                              recursive=True)
                  if not os.path.basename(p).startswith("Base-"))
 COCO_RPN = os.path.join(REPO, "configs/COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x_ovd_FSD.yaml")
@@ -28,7 +29,8 @@ def test_config_builds(rel):
     cfg = get_cfg()
     add_regionclip_config(cfg)
     cfg.merge_from_file(os.path.join(REPO, rel))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.CLIP.OFFLINE_RPN_CONFIG", _offline_config(rel)])
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.CLIP.OFFLINE_RPN_CONFIG",
+                         _offline_config(rel)])
     torch.manual_seed(0)
     with torch.no_grad():
         model = build_model(cfg)
@@ -41,7 +43,8 @@ def test_config_builds(rel):
     if cfg.MODEL.META_ARCHITECTURE in ("CLIPFastRCNN", "PretrainFastRCNN"):
         has_offline = any(k.startswith("offline_backbone.") for k in keys)
         assert has_offline == (cfg.MODEL.CLIP.CROP_REGION_TYPE == "RPN")
-        assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith("offline_"))
+        assert all(not p.requires_grad for n,
+                   p in model.named_parameters() if n.startswith("offline_"))
     if cfg.MODEL.META_ARCHITECTURE == "PretrainFastRCNN":
         assert all(not p.requires_grad for n, p in model.named_parameters()
                    if n.startswith(("teacher_backbone.", "lang_encoder.")))
@@ -50,7 +53,8 @@ def test_config_builds(rel):
 def test_rpn_mode_without_offline_config_is_a_clear_error():
     cfg = get_cfg()
     add_regionclip_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd.yaml"))
+    cfg.merge_from_file(os.path.join(REPO,
+                                     "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     assert cfg.MODEL.CLIP.CROP_REGION_TYPE == "RPN" and not cfg.MODEL.CLIP.OFFLINE_RPN_CONFIG
     with pytest.raises(ValueError, match="OFFLINE_RPN_CONFIG is not set"):

@@ -1,5 +1,6 @@
 """RegionCLIP checkpoint layouts load into CLIPFastRCNN: pretrained (with teacher and text tower,
-reported as intentionally unused) and finetuned (everything), with our and the stock checkpointer."""
+reported as intentionally unused) and finetuned (everything), with our and the stock
+checkpointer."""
 import logging
 import os
 
@@ -8,11 +9,11 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
+from tiny_clip import TINY, TINY_OPTS, write_tiny_clip
 
 from regionclip import add_regionclip_config
 from regionclip.checkpoint import RegionCLIPCheckpointer
 from regionclip.clip import build_text
-from tiny_clip import TINY, TINY_OPTS, write_tiny_clip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +24,8 @@ def model_and_arch(tmp_path_factory):
     arch, _ = write_tiny_clip(str(folder))
     cfg = get_cfg()
     add_regionclip_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd.yaml"))
+    cfg.merge_from_file(os.path.join(REPO,
+                                     "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd.yaml"))
     cfg.merge_from_list(TINY_OPTS + ["MODEL.CLIP.ARCH", arch, "MODEL.DEVICE", "cpu",
                                      "MODEL.CLIP.CROP_REGION_TYPE", "GT"])
     return cfg, folder
@@ -34,7 +36,8 @@ def _fresh(cfg):
     return build_model(cfg)
 
 
-def test_pretrained_layout_loads_and_reports_teacher_and_text_as_intentional(model_and_arch, caplog):
+def test_pretrained_layout_loads_and_reports_teacher_and_text_as_intentional(model_and_arch,
+                                                                             caplog):
     cfg, folder = model_and_arch
     source = _fresh(cfg)
     with torch.no_grad():
@@ -50,11 +53,14 @@ def test_pretrained_layout_loads_and_reports_teacher_and_text_as_intentional(mod
     with caplog.at_level(logging.INFO):
         RegionCLIPCheckpointer(model).load(path)
     text = caplog.text
-    assert "Intentionally unused" in text and "teacher_backbone." in text and "lang_encoder." in text
+    assert "Intentionally unused" in text
+    assert "teacher_backbone." in text and "lang_encoder." in text
     assert "as expected: roi_heads.box_predictor.cls_score.weight" in text
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert not any("teacher_backbone" in w or "lang_encoder" in w or "cls_score" in w for w in warnings)
-    assert not any("not found in the model" in w or "checkpoint" in w.lower() and "missing" in w.lower()
+    assert not any("teacher_backbone" in w or "lang_encoder" in w or "cls_score" in w
+                   for w in warnings)
+    assert not any("not found in the model" in w
+                   or "checkpoint" in w.lower() and "missing" in w.lower()
                    for w in warnings), warnings
     for k, v in model.state_dict().items():
         if k.startswith("backbone."):

@@ -3,13 +3,13 @@ import json
 
 import pytest
 from detectron2.config import get_cfg
+from tiny_clip import TINY, write_tiny_clip
 
 from regionclip import add_regionclip_config
 from regionclip.clip import get_preset
 from regionclip.modeling.backbone.clip_resnet import build_clip_resnet_backbone
 from regionclip.modeling.clip_arch import clip_config_from_cfg, resolve_clip_arch
 from regionclip.modeling.text_encoder import build_clip_language_encoder
-from tiny_clip import TINY, write_tiny_clip
 
 
 def _cfg(*opts):
@@ -30,7 +30,8 @@ def test_preset_name_and_json_file(tmp_path):
     assert resolve_clip_arch("RN50x16", 50) == get_preset("RN50x16")
     arch, _ = write_tiny_clip(str(tmp_path))
     assert resolve_clip_arch(arch, 50) == TINY
-    cfg = _cfg("MODEL.CLIP.ARCH", arch, "MODEL.RESNETS.OUT_FEATURES", ["res2", "res3", "res4", "res5"],
+    cfg = _cfg("MODEL.CLIP.ARCH", arch, "MODEL.RESNETS.OUT_FEATURES", ["res2", "res3", "res4",
+                                                                       "res5"],
                "MODEL.ROI_HEADS.NAME", "PretrainRes5ROIHeads")
     backbone = build_clip_resnet_backbone(cfg)
     assert {k: v.channels for k, v in backbone.output_shape().items()} == \

@@ -203,7 +203,8 @@ def test_embedding_file_errors_name_key_and_numbers(tmp_path):
     with pytest.raises(ValueError, match=r"TEXT_EMB_PATH.*\(48, 1024\).*TEXT_EMB_DIM is 640"):
         load_text_embeddings(str(path), "MODEL.CLIP.TEXT_EMB_PATH", 48, 640)
     with pytest.raises(FileNotFoundError, match="OPENSET_TEST_TEXT_EMB_PATH"):
-        load_text_embeddings(str(tmp_path / "nope.pth"), "MODEL.CLIP.OPENSET_TEST_TEXT_EMB_PATH", None, 1024)
+        load_text_embeddings(str(tmp_path / "nope.pth"), "MODEL.CLIP.OPENSET_TEST_TEXT_EMB_PATH",
+                             None, 1024)
 
 
 def test_focal_loss_gradient_is_finite_when_the_target_probability_is_one():

@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_clip import calibrate_batchnorm_
 from torch import nn
 
 from regionclip.clip import (
@@ -24,7 +25,6 @@ from regionclip.clip import (
     split_clip_state_dict,
     text_config_for_depth,
 )
-from tiny_clip import calibrate_batchnorm_
 
 TINY = CLIPConfig(VisualConfig((1, 2, 1, 1), width=16, image_size=64, embed_dim=24, heads=8),
                   TextConfig(width=64, heads=4, layers=2, embed_dim=24, context_length=77,
@@ -286,8 +286,9 @@ def test_builders_accept_configs_and_reject_bad_specs():
 def test_the_tests_tiny_clip_sees_its_input(tmp_path):
     """tests/tiny_clip.py's model (used by most end-to-end tests) must map different images to
     clearly different embeddings, or comparisons of embeddings could not detect a wrong input."""
-    from regionclip.clip import build_clip_from_state_dict
     from tiny_clip import TINY, write_tiny_clip
+
+    from regionclip.clip import build_clip_from_state_dict
 
     _, weights = write_tiny_clip(str(tmp_path))
     clip = build_clip_from_state_dict(torch.load(weights), text_heads=TINY.text.heads,

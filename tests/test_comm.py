@@ -6,9 +6,9 @@ import pickle
 import pytest
 import torch
 from detectron2.utils import comm
+from multiproc import launch_two, rendezvous_url
 
 from detectron2_ext.utils import all_gather_with_grad
-from multiproc import launch_two, rendezvous_url
 
 
 def test_single_process_is_identity():

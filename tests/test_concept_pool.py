@@ -6,14 +6,14 @@ import re
 
 import pytest
 import torch
-
 from _image_text_data import captions_field, tiny_image, write_tsv_pair
+
 from regionclip.clip import TextTransformer, ensemble_text_embeddings
 from regionclip.tools.build_concept_pool import (
     build_concept_pool,
     count_nouns,
-    run,
     read_captions,
+    run,
     select_concepts,
     spacy_noun_parser,
 )

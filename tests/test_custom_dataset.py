@@ -9,16 +9,16 @@ import os
 import pickle
 
 import numpy as np
+import ovd_world
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-
-import ovd_world
 from ovd_world import REPO, load_train_net
+from tiny_clip import TINY_OPTS, write_tiny_clip
+
 from regionclip.data.datasets.custom_ovd import ovd_categories, read_class_names, register_ovd_coco
 from regionclip.data.synthetic import make_synthetic_coco
 from regionclip.tools import extract_concept_features as concepts_tool
-from tiny_clip import TINY_OPTS, write_tiny_clip
 
 # contiguous order follows category ids: ids 1..5 in this order
 CATS = [{"name": "red square", "shape": "rectangle", "color": "red", "split": "base"},
@@ -67,7 +67,8 @@ def test_register_splits_filter_and_reindex(data):
                        if a["image_id"] == img["id"] and id_to_name[a["category_id"]] in BASE)
         if names:
             expected[img["file_name"]] = names
-    got = {os.path.basename(d["file_name"]): sorted(BASE[a["category_id"]] for a in d["annotations"])
+    got = {os.path.basename(d["file_name"]):
+           sorted(BASE[a["category_id"]] for a in d["annotations"])
            for d in dicts}
     assert got == expected
     meta = register_ovd_coco("mine_unit_all", train.coco_json, train.image_root, NOVEL)
@@ -99,7 +100,8 @@ def test_base_only_json_undeclared_ids_and_odd_split_tags(data, tmp_path, caplog
     coco = json.load(open(train.coco_json))
     novel_ids = {c["id"] for c in coco["categories"] if c["name"] in NOVEL}
     base_only = dict(coco, categories=[c for c in coco["categories"] if c["id"] not in novel_ids],
-                     annotations=[a for a in coco["annotations"] if a["category_id"] not in novel_ids])
+                     annotations=[a for a in coco["annotations"]
+                                  if a["category_id"] not in novel_ids])
     path = tmp_path / "base_only.json"
     path.write_text(json.dumps(base_only))
     # the novel names are absent from a base-only json: fine with split "base", an error otherwise
@@ -111,7 +113,8 @@ def test_base_only_json_undeclared_ids_and_odd_split_tags(data, tmp_path, caplog
     path = tmp_path / "undeclared.json"
     path.write_text(json.dumps(dict(base_only, annotations=coco["annotations"])))
     register_ovd_coco("mine_undeclared", str(path), train.image_root, NOVEL, "base")
-    with pytest.raises(ValueError, match="undeclared.json'.*category_id .* not in its 'categories'"):
+    with pytest.raises(ValueError,
+                       match="undeclared.json'.*category_id .* not in its 'categories'"):
         DatasetCatalog.get("mine_undeclared")
     # split values other than seen/unseen/base/novel count as base, with a warning
     path = tmp_path / "odd.json"
@@ -140,7 +143,8 @@ def test_evaluation_never_reuses_a_stale_converted_json(data, tmp_path):
 def test_bad_registrations_are_clear_errors(data, tmp_path, case):
     train = data["train"]
     (tmp_path / "x.json").write_text(json.dumps({"images": []}))
-    args = {"missing_json": ("mine_e1", str(tmp_path / "nope.json"), train.image_root, NOVEL, "all"),
+    args = {"missing_json": ("mine_e1", str(tmp_path / "nope.json"), train.image_root, NOVEL,
+                             "all"),
             "unknown_novel": ("mine_e2", train.coco_json, train.image_root, ["zebra"], "all"),
             "bad_split": ("mine_e3", train.coco_json, train.image_root, NOVEL, "seen"),
             "builtin_name": ("coco_2017_val", train.coco_json, train.image_root, NOVEL, "all"),
@@ -166,7 +170,8 @@ def test_embeddings_follow_the_registered_class_order(data, tmp_path):
     _, weights = write_tiny_clip(str(tmp_path))
     out = tmp_path / "base.pth"
     emb = concepts_tool.run(["--concepts", "dataset:mine_train_emb", "--weights", weights,
-                              "--output", str(out), "--device", "cpu"] + _register_args(data, "emb"))
+                             "--output", str(out), "--device", "cpu"]
+                            + _register_args(data, "emb"))
     encoder = concepts_tool.load_text_encoder(weights)
     expected = concepts_tool.compute_concept_embeddings(encoder, BASE, True, 256, True)
     assert emb.shape == (3, 64)
@@ -185,7 +190,8 @@ def test_embeddings_follow_the_registered_class_order(data, tmp_path):
 
 
 def _recall_at_05(proposals_pkl, coco_json, names, limit=100):
-    """Independent recall: a gt box counts when some of the first `limit` proposals has IoU >= 0.5."""
+    """Independent recall: a gt box counts when some of the first `limit` proposals has
+    IoU >= 0.5."""
     props = pickle.load(open(proposals_pkl, "rb"))
     coco = json.load(open(coco_json))
     ids = {c["id"] for c in coco["categories"] if c["name"] in names}
@@ -237,7 +243,8 @@ def test_rpn_on_base_boxes_then_transfer_learning(data, tmp_path, monkeypatch):
     fsd = os.path.join(REPO, "configs/COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x_ovd_FSD.yaml")
     rpn_out = tmp_path / "rpn"
     # 1. a detector on the base classes (only its backbone and RPN are used afterwards), from a
-    # random R50 whose residual branches are damped (as ImageNet weights, it keeps activations finite)
+    # random R50 whose residual branches are damped (as ImageNet weights, it keeps activations
+    # finite)
     init = _damped_r50(fsd, str(tmp_path / "r50_init.pth"))
     train_net.main(parser.parse_args(
         ["--config-file", fsd] + reg + SMALL + [
@@ -272,7 +279,8 @@ def test_rpn_on_base_boxes_then_transfer_learning(data, tmp_path, monkeypatch):
     opts = SMALL + TINY_OPTS + [
         "MODEL.CLIP.ARCH", arch, "MODEL.WEIGHTS", clip_weights,
         "MODEL.CLIP.OFFLINE_RPN_CONFIG", fsd, "MODEL.CLIP.BB_RPN_WEIGHTS", str(rpn_weights),
-        "MODEL.ROI_HEADS.NUM_CLASSES", "3", "MODEL.CLIP.TEXT_EMB_PATH", embeddings["mine_train_e2e"],
+        "MODEL.ROI_HEADS.NUM_CLASSES", "3", "MODEL.CLIP.TEXT_EMB_PATH",
+                                embeddings["mine_train_e2e"],
         "MODEL.CLIP.OPENSET_TEST_TEXT_EMB_PATH", embeddings["mine_val_e2e"],
         "DATASETS.TRAIN", "('mine_train_e2e',)", "DATASETS.TEST", "('mine_val_e2e',)",
         "OUTPUT_DIR", str(tmp_path / "transfer")]

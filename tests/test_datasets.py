@@ -16,7 +16,10 @@ from PIL import Image
 
 import regionclip  # noqa: F401  (registers the datasets)
 from regionclip.data.datasets.lvis_ovd import (
-    load_custom_images, load_lvis_ovd_json, register_lvis_ovd)
+    load_custom_images,
+    load_lvis_ovd_json,
+    register_lvis_ovd,
+)
 from regionclip.data.synthetic import make_synthetic_coco, register_synthetic_dataset
 from regionclip.data.vocabularies import VOCABULARY_NAMES, get_vocabulary
 
@@ -381,6 +384,7 @@ def test_prepare_ovd_coco(tmp_path, capsys):
     # the registered metadata agrees with what detectron2's loader derives from the json
     name = "test_datasets_ovd_all"
     from detectron2.data.datasets import register_coco_instances
+
     from regionclip.data.datasets.coco_ovd import coco_ovd_metadata
     register_coco_instances(name, coco_ovd_metadata("all"),
                             str(tmp_path / "coco" / "annotations" / "ovd_ins_val2017_all.json"),

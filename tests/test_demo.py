@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-
 from tiny_detector import CUSTOM, independent_features, tiny_detector_opts, write_images
+
 from regionclip.api import RegionCLIP
 from regionclip.tools import demo
 
@@ -192,7 +192,8 @@ def test_cli_errors_before_building_the_model(world, tmp_path, case, monkeypatch
                 "missing_image": (FileNotFoundError, "missing.jpg' does not exist"),
                 "undecodable": (ValueError, "could not decode image '.*bad.png'"),
                 "unknown_vocab": (KeyError, "unknown named vocabulary 'coco_99'"),
-                "bad_templates": (ValueError, r"bad_templates.txt': prompt template 1 \('a photo'\)"),
+                "bad_templates": (ValueError,
+                                  r"bad_templates.txt': prompt template 1 \('a photo'\)"),
                 "empty_templates": (ValueError, "empty_templates.txt' holds no template")}[case]
     templates = ["--templates", str(tmp_path / f"{case}.txt")] if "templates" in case else []
     with pytest.raises(expected[0], match=expected[1]):

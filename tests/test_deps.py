@@ -11,11 +11,13 @@ def test_version_tuple_parses_local_and_rc_versions():
     assert _deps._version_tuple("2.14.1+cu130") == (2, 14, 1)
     assert _deps._version_tuple("0.7.2") == (0, 7, 2)
     assert _deps._version_tuple("2.0.0rc1") == (2, 0, 0)
-    assert _deps._version_tuple("RegionCLIP") == ()  # the fork's version string sorts below any minimum
+    # the fork's version string sorts below any minimum
+    assert _deps._version_tuple("RegionCLIP") == ()
 
 
 def test_missing_module_names_it_and_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "detectron2", None)  # makes `import detectron2` raise ImportError
+    monkeypatch.setitem(sys.modules, "detectron2",
+                        None)  # makes `import detectron2` raise ImportError
     with pytest.raises(ImportError) as err:
         _deps.check_dependencies()
     msg = str(err.value)

@@ -1,14 +1,14 @@
-"""CLIPFastRCNN end to end on a COCO-OVD-shaped synthetic tree: train, evaluate, CLI, 2 processes."""
+"""CLIPFastRCNN end to end on a COCO-OVD-shaped synthetic tree: train, evaluate, CLI, 2
+processes."""
 import json
 import os
 import subprocess
 import sys
 import warnings
 
+import ovd_world
 import pytest
 import torch
-
-import ovd_world
 from multiproc import rendezvous_url
 from ovd_world import BASE, REPO, load_train_net, make_ovd_coco_tree, write_embeddings
 from tiny_clip import TINY_OPTS, write_tiny_clip
@@ -63,7 +63,8 @@ def test_train_then_evaluate_reports_novel_base_all(world, monkeypatch, tmp_path
     state = torch.load(final, map_location="cpu", weights_only=False)["model"]
     # frozen text classifier and zero background embedding are saved, as the original's checkpoints
     assert torch.equal(state["roi_heads.box_predictor.cls_bg_score.weight"], torch.zeros(1, 64))
-    torch.testing.assert_close(state["roi_heads.box_predictor.cls_score.weight"], torch.load(emb["base"]))
+    torch.testing.assert_close(state["roi_heads.box_predictor.cls_score.weight"],
+                               torch.load(emb["base"]))
     _, args = _args(_gt_opts(root, emb, tmp_path) + ["MODEL.WEIGHTS", str(final)], eval_only=True)
     res = train_net.main(args)["bbox"]
     for key in ("AP50_novel", "AP50_base", "AP50_all", "AP", "AP50"):
@@ -133,9 +134,11 @@ def test_cli_rpn_zero_shot_eval_runs_unchanged(world, tmp_path):
     """The original's zero-shot RPN command (file paths aside) as a subprocess."""
     root, emb = world
     cmd = [sys.executable, os.path.join(REPO, "tools/train_net.py"), "--config-file",
-           os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd_zsinf.yaml"),
+           os.path.join(REPO,
+                        "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd_zsinf.yaml"),
            "--eval-only", "MODEL.CLIP.ARCH", emb["arch"], "MODEL.WEIGHTS", emb["weights"],
-           "MODEL.CLIP.TEXT_EMB_PATH", emb["all"]] + TINY_OPTS + ["MODEL.CLIP.CROP_REGION_TYPE", "RPN",
+           "MODEL.CLIP.TEXT_EMB_PATH", emb["all"]] + TINY_OPTS + ["MODEL.CLIP.CROP_REGION_TYPE",
+                                                                  "RPN",
            "MODEL.CLIP.MULTIPLY_RPN_SCORE", "True", "MODEL.CLIP.OFFLINE_RPN_CONFIG",
            os.path.join(REPO, "configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"),
            "MODEL.CLIP.OFFLINE_RPN_POST_NMS_TOPK_TEST", "20", "OUTPUT_DIR", str(tmp_path),

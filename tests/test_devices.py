@@ -13,24 +13,23 @@ import sys
 import time
 
 import numpy as np
+import ovd_world
 import pytest
 import torch
+from _image_text_data import captions_field, make_samples, write_tsv_pair
+from conftest import NO_CUDA, tolerance
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-
-import ovd_world
-from conftest import NO_CUDA, tolerance
 from ovd_world import BASE, REPO, make_ovd_coco_tree, write_embeddings
+from test_pretrain_model import DIM, PRETRAIN_YAML, TEACHER_DIM, _arch_json
 from tiny_clip import TINY_OPTS, write_tiny_clip
 from tiny_detector import CUSTOM, tiny_detector_opts, write_images
 
-from _image_text_data import captions_field, make_samples, write_tsv_pair
 from detectron2_ext.engine.launch import choose_backend
 from detectron2_ext.utils import checked_autocast, process_device, resolve_device
 from regionclip import RegionCLIP, add_regionclip_config
 from regionclip.config import load_config
 from regionclip.engine import Trainer
-from test_pretrain_model import DIM, PRETRAIN_YAML, TEACHER_DIM, _arch_json
 
 TRANSFER_CFG = os.path.join(REPO,
                             "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd.yaml")
@@ -440,7 +439,7 @@ def test_make_test_gpu_without_a_gpu_says_so_and_fails(tmp_path):
     python = venv / "bin" / "python"
     python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     python.chmod(0o755)
-    (venv / ".regionclip-installed").touch()  # newer than setup.py: install is a no-op
+    (venv / ".regionclip-installed").touch()  # newer than pyproject.toml: install is a no-op
     report = tmp_path / "report.md"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=REPO)
     proc = subprocess.run(["make", "-s", "test-gpu", f"VENV={venv}", f"GPU_REPORT={report}"],

@@ -12,10 +12,9 @@ import subprocess
 import sys
 import time
 
+import ovd_world
 import pytest
 import torch
-
-import ovd_world
 from _image_text_data import captions_field, make_samples, write_tsv_pair, write_wds_shards
 from multiproc import rendezvous_url
 from ovd_world import BASE, REPO, make_ovd_coco_tree, write_embeddings

@@ -6,9 +6,9 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
+from tiny_clip import TINY_OPTS, write_tiny_clip
 
 from regionclip import add_regionclip_config
-from tiny_clip import TINY_OPTS, write_tiny_clip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,11 +17,13 @@ def _model(folder, *opts):
     arch, weights = write_tiny_clip(str(folder))
     cfg = get_cfg()
     add_regionclip_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd_zsinf.yaml"))
+    cfg.merge_from_file(os.path.join(REPO,
+                                     "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd_zsinf.yaml"))
     emb = folder / "emb.pth"
     torch.save(torch.randn(65, 64, generator=torch.Generator().manual_seed(0)), emb)
     cfg.merge_from_list(TINY_OPTS + ["MODEL.CLIP.ARCH", arch, "MODEL.DEVICE", "cpu",
-                                     "MODEL.CLIP.CROP_REGION_TYPE", "GT", "MODEL.CLIP.TEXT_EMB_PATH", str(emb),
+                                     "MODEL.CLIP.CROP_REGION_TYPE", "GT",
+                                     "MODEL.CLIP.TEXT_EMB_PATH", str(emb),
                                      "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"] + list(opts))
     model = build_model(cfg)
     from regionclip.checkpoint import RegionCLIPCheckpointer
@@ -46,7 +48,8 @@ def _embeddings(model, inputs):
         from regionclip.modeling.roi_heads import region_embeddings
         heads = model.roi_heads
         emb, _ = region_embeddings(heads.pooler, [feats["res4"]], [inputs[0]["instances"].gt_boxes],
-                                   model.backbone.layer4, model.backbone.attnpool, heads.inference_chunk_size)
+                                   model.backbone.layer4, model.backbone.attnpool,
+                                   heads.inference_chunk_size)
     return emb.float()
 
 

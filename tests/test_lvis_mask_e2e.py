@@ -2,17 +2,17 @@
 GeneralizedRCNN of the mask_rcnn_CLIP configs."""
 import os
 
+import ovd_world
 import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
+from tiny_clip import TINY_OPTS, write_tiny_clip
 
-import ovd_world
 from regionclip import add_regionclip_config
 from regionclip.data.synthetic import make_synthetic_coco, register_synthetic_dataset
 from regionclip.engine import Trainer
-from tiny_clip import TINY_OPTS, write_tiny_clip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CATS = [{"name": n, "split": s} for n, s in
@@ -47,7 +47,8 @@ def _cfg(rel, opts):
 @pytest.mark.slow
 def test_lvis_clip_fast_rcnn_with_masks_trains_and_reports_apr(data, tmp_path):
     root, names, arch, weights = data
-    cfg = _cfg("configs/LVISv1-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4.yaml", SMALL + TINY_OPTS + [
+    cfg = _cfg("configs/LVISv1-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4.yaml",
+               SMALL + TINY_OPTS + [
         "MODEL.CLIP.ARCH", arch, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path),
         "MODEL.CLIP.OFFLINE_RPN_CONFIG",
         os.path.join(REPO, "configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"),
@@ -73,7 +74,8 @@ def test_lvis_clip_fast_rcnn_with_masks_trains_and_reports_apr(data, tmp_path):
 @pytest.mark.slow
 def test_mask_rcnn_clip_c4_config_uses_the_backbone_res5(data, tmp_path):
     root, names, arch, weights = data
-    cfg = _cfg("configs/COCO-InstanceSegmentation/mask_rcnn_CLIP_R_50_C4_1x.yaml", SMALL + TINY_OPTS + [
+    cfg = _cfg("configs/COCO-InstanceSegmentation/mask_rcnn_CLIP_R_50_C4_1x.yaml",
+               SMALL + TINY_OPTS + [
         "MODEL.CLIP.ARCH", arch, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path),
         "MODEL.ROI_HEADS.NUM_CLASSES", "4", "DATASETS.TRAIN", f"('{names['coco_train']}',)",
         "DATASETS.TEST", "()"])

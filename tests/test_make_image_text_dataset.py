@@ -5,12 +5,12 @@ import json
 import os
 import runpy
 import sys
-from unittest import mock
 from pathlib import Path
+from unittest import mock
 
 import pytest
-
 from _image_text_data import tiny_image, write_wds_shards
+
 from detectron2_ext.data import (
     ImageTextTSVDataset,
     TSVFile,

@@ -25,7 +25,8 @@ def _run(path, cwd):
                 if cell["cell_type"] != "code":
                     continue
                 # stored outputs (if any) must not hold an error
-                assert not any(o.get("output_type") == "error" for o in cell.get("outputs", [])), index
+                assert not any(o.get("output_type") == "error" for o in cell.get("outputs",
+                                                                                 [])), index
                 exec(compile("".join(cell["source"]), f"{os.path.basename(path)}[{index}]", "exec"),
                      namespace)
     finally:

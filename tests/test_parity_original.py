@@ -26,12 +26,18 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-
 from parity.inputs import (
-    CAPTIONS, CHECKPOINT_OFFSETS, CONCEPTS, GT_CLASSES_48, detection_inputs, make_image, scenario,
+    CAPTIONS,
+    CHECKPOINT_OFFSETS,
+    CONCEPTS,
+    GT_CLASSES_48,
+    detection_inputs,
+    make_image,
+    scenario,
     write_embedding_files,
 )
 from parity.seeded_weights import load_seeded, seeded_state_dict, seeded_tensor, state_dict_specs
+
 from regionclip.config import add_regionclip_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,11 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
-from detectron2.data.samplers import TrainingSampler
-from detectron2.utils.events import EventStorage
-from PIL import Image
-
 from _image_text_data import (
     captions_field,
     make_samples,
@@ -22,6 +17,11 @@ from _image_text_data import (
     write_tsv_pair,
     write_wds_shards,
 )
+from detectron2.config import get_cfg
+from detectron2.data.samplers import TrainingSampler
+from detectron2.utils.events import EventStorage
+from PIL import Image
+
 from detectron2_ext.data import (
     ImageTextTSVDataset,
     SkipCountingBatchLoader,

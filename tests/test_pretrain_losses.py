@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 from detectron2.utils import comm
-
 from multiproc import launch_two
+
 from regionclip.modeling.losses import (
     image_text_contrastive_loss,
     region_concept_contrastive_loss,

@@ -14,10 +14,9 @@ import torch.nn.functional as F
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils import comm
-from torch.nn.parallel import DistributedDataParallel
-
 from multiproc import launch_two
 from tiny_clip import calibrate_batchnorm_
+from torch.nn.parallel import DistributedDataParallel
 
 import regionclip  # noqa: F401  (registers everything)
 from regionclip.clip import TextTransformer, VisualConfig
@@ -244,7 +243,8 @@ def test_losses_equal_independent_computation_and_weights_scale_them(monkeypatch
         feats = model.teacher_backbone(images.tensor)
         u = _embed(model.teacher_roi_heads, feats, props, model.teacher_backbone)
         # the teacher's softmax temperature: 0.01 as the original unless TEACHER_CONCEPT_TEMP
-        q = torch.softmax(F.normalize(u, dim=-1) @ F.normalize(model.teacher_concept_emb, dim=-1).t()
+        q = torch.softmax(F.normalize(u, dim=-1) @ F.normalize(model.teacher_concept_emb,
+                                                               dim=-1).t()
                           / (teacher_temp or 0.01), dim=1)
         keep = q.max(dim=1).values > 0.1
         if not keep.any():
@@ -517,6 +517,7 @@ def _metrics(output_dir):
 
 def test_trainer_trains_two_iterations_and_resume_continues(tmp_path):
     from _image_text_data import captions_field, make_samples, write_tsv_pair
+
     from regionclip.engine.trainer import Trainer
 
     rows = [(k, img, captions_field(caps)) for k, img, caps in make_samples(6)]

@@ -1,11 +1,10 @@
 """Pretraining through the Trainer on generated image-caption data, in TSV and in WebDataset form:
 a few iterations lower the loss."""
 import pytest
-import torch
-
 from _image_text_data import captions_field, make_samples, write_tsv_pair, write_wds_shards
-from regionclip.engine.trainer import Trainer
 from test_pretrain_model import _cfg, _tiny
+
+from regionclip.engine.trainer import Trainer
 
 
 def _data(tmp_path, form):

@@ -8,20 +8,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tiny_clip import TINY, TINY_OPTS, write_tiny_clip
+from tiny_detector import MEAN, STD, independent_features
 
 from regionclip import RegionCLIP
 from regionclip.api import crop_and_resize
 from regionclip.clip import build_clip_from_state_dict
 from regionclip.data.datasets import register_ovd_coco
 from regionclip.tools import region_accuracy as ra
-from tiny_clip import TINY, TINY_OPTS, write_tiny_clip
-from tiny_detector import MEAN, STD, independent_features
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZS = os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd_zsinf.yaml")
 CLASSES = ["red cube", "blue ball", "green cone", "gold ring"]
 NOVEL = ["green cone", "gold ring"]
-LVIS_ZS = os.path.join(REPO, "configs/LVISv1-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_zsinf.yaml")
+LVIS_ZS = os.path.join(REPO,
+                       "configs/LVISv1-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_zsinf.yaml")
 # (image size (h, w), [(XYWH box, class index, iscrowd)]); test size 128 keeps 128-px-high images.
 # The first image has no box (skipped, also by --max-images); one box is 0 px high (left out).
 SCENES = [((128, 96), []),
@@ -121,7 +122,8 @@ def test_accuracy_table_known_answers():
     assert res["top1"] == pytest.approx(40.0)
     assert res["top2"] == pytest.approx(80.0)
     assert res["top1_base"] == pytest.approx(50.0) and res["top2_base"] == pytest.approx(100.0)
-    assert res["top1_novel"] == pytest.approx(100 / 3) and res["top2_novel"] == pytest.approx(200 / 3)
+    assert res["top1_novel"] == pytest.approx(100 / 3)
+    assert res["top2_novel"] == pytest.approx(200 / 3)
     # per class top-1: a 1, b 0, c 0, d 1/2
     assert res["mean_class_top1"] == pytest.approx(100 * 1.5 / 4)
     assert res["num_regions"] == 5
@@ -196,7 +198,8 @@ def test_an_empty_class_table_is_not_used(tiny, dataset):
     """NUM_CLASSES rows but no embedding file: the table is zeros, the text encoder embeds the
     class names instead."""
     folder, _, _, opts, weights = tiny
-    rc4 = RegionCLIP.from_config(ZS, weights=weights, opts=opts + ["MODEL.ROI_HEADS.NUM_CLASSES", "4"])
+    rc4 = RegionCLIP.from_config(ZS, weights=weights, opts=opts + ["MODEL.ROI_HEADS.NUM_CLASSES",
+                                                                   "4"])
     assert rc4.model.roi_heads.box_predictor.class_embeddings().abs().max() == 0
     by_name = ra.region_accuracy(rc4, "_regacc_test", ("crop",), progress=False)
     torch.save(rc4.encode_text(CLASSES), folder / "names.pth")

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.structures import Boxes, Instances
-
 from tiny_detector import ZSINF, independent_features, tiny_detector_opts, write_images
+
 from regionclip.tools import extract_region_features as rf
 
 NUM_CLASSES = 5

@@ -7,9 +7,9 @@ import random
 import numpy as np
 import pytest
 import torch
+from _image_text_data import make_samples, write_wds_shards
 from detectron2.data.samplers import TrainingSampler
 
-from _image_text_data import make_samples, write_wds_shards
 from detectron2_ext.data import (
     IndexedStream,
     ResumableBatchLoader,

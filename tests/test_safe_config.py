@@ -5,11 +5,11 @@ import os
 
 import pytest
 import yaml
-
 from ovd_world import load_train_net
+from tiny_clip import TINY_OPTS, write_tiny_clip
+
 from regionclip import RegionCLIP
 from regionclip.config import load_config
-from tiny_clip import TINY_OPTS, write_tiny_clip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZS = os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd_zsinf.yaml")
@@ -65,8 +65,8 @@ def _train_net(config, tiny, tmp_path):
 
 
 def _demo(config, tiny, tmp_path):
-    from regionclip.tools.demo import run
     from regionclip.data.synthetic import make_synthetic_coco
+    from regionclip.tools.demo import run
 
     data = make_synthetic_coco(str(tmp_path / "img"), num_images=1, image_size=(64, 64))
     return run(["--input", data.image_root, "--vocabulary", "cat", "--output",

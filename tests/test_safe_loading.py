@@ -18,12 +18,12 @@ import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, ResNet
+from ovd_world import load_train_net
+from tiny_clip import TINY_OPTS, write_tiny_clip
 from torch import nn
 
-from ovd_world import load_train_net
 from regionclip import RegionCLIP
 from regionclip.checkpoint import RegionCLIPCheckpointer, load_clip_state_dict, read_torch_file
-from tiny_clip import TINY_OPTS, write_tiny_clip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZS = os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd_zsinf.yaml")

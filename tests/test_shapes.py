@@ -23,7 +23,8 @@ def test_ring_and_crescent_have_holes_and_shapes_differ():
 
 def test_rendered_mask_fills_its_box_and_rotation_changes_it():
     mask = shapes.render_shape("triangle", 40, 30, 0.0)
-    assert mask.shape == (30, 40) and mask.dtype == np.float32 and 0 <= mask.min() <= mask.max() <= 1
+    assert mask.shape == (30,
+                          40) and mask.dtype == np.float32 and 0 <= mask.min() <= mask.max() <= 1
     ys, xs = np.nonzero(mask >= 0.5)
     assert xs.min() <= 1 and xs.max() >= 38 and ys.min() <= 1 and ys.max() >= 28
     assert not np.array_equal(mask, shapes.render_shape("triangle", 40, 30, 25.0))

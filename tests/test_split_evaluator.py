@@ -52,7 +52,8 @@ def _register(name, json_path, base=BASE, novel=NOVEL):
     DatasetCatalog.register(name, lambda: load_coco_json(json_path, "", name))
     MetadataCatalog.get(name).set(json_file=json_path, evaluator_type="coco",
                                   thing_classes=[c["name"] for c in CATS],
-                                  thing_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(CATS)},
+                                  thing_dataset_id_to_contiguous_id={c["id"]: i for i,
+                                                                     c in enumerate(CATS)},
                                   base_classes=base, novel_classes=novel)
 
 
@@ -89,8 +90,10 @@ def test_split_ap50_matches_pycocotools_restricted_to_split(tmp_path):
     name_to_id = {c["name"]: c["id"] for c in CATS}
     for split, names in (("novel", NOVEL), ("base", BASE), ("all", NOVEL + BASE)):
         ids = sorted(name_to_id[n] for n in names)
-        assert res[f"AP50_{split}"] == pytest.approx(_pycocotools_ap(json_path, preds, ids, 1), abs=0.05)
-        assert res[f"AP_{split}"] == pytest.approx(_pycocotools_ap(json_path, preds, ids, 0), abs=0.05)
+        assert res[f"AP50_{split}"] == pytest.approx(_pycocotools_ap(json_path, preds, ids, 1),
+                                                     abs=0.05)
+        assert res[f"AP_{split}"] == pytest.approx(_pycocotools_ap(json_path, preds, ids, 0),
+                                                   abs=0.05)
     assert res["AP50_all"] == pytest.approx(res["AP50"], abs=1e-6)
     assert res["AP50_novel"] != pytest.approx(res["AP50_base"])  # the data makes them differ
 

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 from detectron2.data import MetadataCatalog
-
 from tiny_detector import REPO, write_images
+
 from regionclip.data.datasets.lvis_ovd import register_lvis_custom_img
 from regionclip.tools import visualize_json_results as vj
 

@@ -1,20 +1,20 @@
 """The library is a package of its own: built as a wheel and installed (not editable), it imports
 and runs ``RegionCLIP`` without the checkout; nothing in it refers to the toy-world project."""
 import os
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
 import zipfile
 
-import pytest
 from detectron2.config import get_cfg
-
-from regionclip.config import add_regionclip_config, load_config
 from tiny_detector import CUSTOM, tiny_detector_opts, write_tiny_rpn_config
 
+from regionclip.config import add_regionclip_config, load_config
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LIBRARY = ("regionclip", "detectron2_ext")  # the packages of setup.py
+LIBRARY = ("regionclip", "detectron2_ext")  # the packages of pyproject.toml
 
 
 def _files_mentioning(root, word):
@@ -83,11 +83,11 @@ _SCRIPT = textwrap.dedent("""
 
 
 def test_wheel_installs_and_runs_regionclip_without_the_checkout(tmp_path):
-    # build from a copy of the files setup.py packages, so that the build writes no build/ or
+    # build from a copy of the files pyproject.toml packages, so that the build writes no build/ or
     # egg-info folders into the checkout
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("setup.py", "README.md", "requirements.txt"):
+    for name in ("pyproject.toml", "README.md", "requirements.txt", "LICENSE"):
         shutil.copy(os.path.join(REPO, name), src / name)
     for package in LIBRARY:
         shutil.copytree(os.path.join(REPO, package), src / package,
@@ -95,13 +95,25 @@ def test_wheel_installs_and_runs_regionclip_without_the_checkout(tmp_path):
     env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
     env.pop("PYTHONPATH", None)
     pip = [sys.executable, "-m", "pip", "-q"]
-    subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
+    subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w",
+                          str(tmp_path / "dist"),
                           str(src)], check=True, env=env, cwd=str(tmp_path), capture_output=True)
     (wheel,) = (tmp_path / "dist").glob("regionclip-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "regionclip/clip/bpe_simple_vocab_16e6.txt.gz" in names  # package data is in it
     assert any(n.startswith("detectron2_ext/") for n in names)
     assert not [n for n in names if "toyworld" in n or n.startswith(("tests/", "projects/"))]
+    with zipfile.ZipFile(wheel) as zf:  # one command per tool module, the version of version.py
+        info = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        scripts = zf.read(info[0]).decode()
+        metadata = zf.read(info[0].replace("entry_points.txt", "METADATA")).decode()
+    tools = sorted(n[len("regionclip/tools/"):-3] for n in names
+                   if n.startswith("regionclip/tools/") and not n.endswith("__init__.py"))
+    assert tools and all(f"regionclip-{t.replace('_', '-')} = regionclip.tools.{t}:main" in scripts
+                         for t in tools), scripts
+    version = re.search(r'__version__ = "([^"]+)"',
+                        open(os.path.join(REPO, "regionclip", "version.py")).read()).group(1)
+    assert f"\nVersion: {version}\n" in metadata
 
     site = tmp_path / "site"
     subprocess.run(pip + ["install", "--no-deps", "--target", str(site), str(wheel)], check=True,

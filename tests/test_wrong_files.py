@@ -10,13 +10,13 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-
 from ovd_world import load_train_net
+from tiny_clip import TINY, TINY_OPTS, write_tiny_clip
+
 from regionclip import RegionCLIP, add_regionclip_config
 from regionclip.checkpoint import RegionCLIPCheckpointer
 from regionclip.clip import CLIPConfig
 from regionclip.modeling.clip_arch import save_clip_arch
-from tiny_clip import TINY, TINY_OPTS, write_tiny_clip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVD = os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd.yaml")
@@ -56,7 +56,8 @@ def files(tmp_path_factory):
     arch, weights = write_tiny_clip(str(folder))
     return {"folder": folder, "arch": arch, "weights": weights,
             "train": _emb(folder / "train3.pth", 3, 1), "test": _emb(folder / "test5.pth", 5, 2),
-            "old_train": _emb(folder / "old3.pth", 3, 3), "old_test": _emb(folder / "old5.pth", 5, 4)}
+            "old_train": _emb(folder / "old3.pth", 3, 3), "old_test": _emb(folder / "old5.pth", 5,
+                                                                           4)}
 
 
 # ----------------------------------------------------------------- embedding files vs checkpoint
@@ -127,7 +128,8 @@ def test_description_names_the_openai_preset():
           "backbone.attnpool.positional_embedding": torch.zeros(82, 1),
           "backbone.attnpool.c_proj.weight": torch.zeros(640, 1)}
     for stage, blocks in enumerate((4, 6, 10, 6), start=1):
-        sd.update({f"backbone.layer{stage}.{i}.conv1.weight": torch.zeros(1) for i in range(blocks)})
+        sd.update({f"backbone.layer{stage}.{i}.conv1.weight": torch.zeros(1)
+                   for i in range(blocks)})
     assert describe_tower(sd, "backbone.") == \
         "CLIP RN50x4 with a 288-px attention pool (9x9), embedding 640"
 
@@ -207,7 +209,8 @@ def test_embedding_file_with_one_row_per_test_class_passes_the_check(files):
     check_test_classifier(cfg, _model(cfg))  # no error
 
 
-@pytest.mark.parametrize("key", ["MODEL.CLIP.TEXT_EMB_PATH", "MODEL.CLIP.OPENSET_TEST_TEXT_EMB_PATH"])
+@pytest.mark.parametrize("key", ["MODEL.CLIP.TEXT_EMB_PATH",
+                                 "MODEL.CLIP.OPENSET_TEST_TEXT_EMB_PATH"])
 @pytest.mark.parametrize("bad", ["nan", "inf", "dim"])
 def test_bad_embedding_files_are_refused(files, key, bad):
     emb = torch.randn(3, 32 if bad == "dim" else 64)

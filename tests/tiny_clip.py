@@ -1,4 +1,5 @@
-"""A tiny CLIP ResNet for fast tests: architecture JSON (for MODEL.CLIP.ARCH) and OpenAI-style weights."""
+"""A tiny CLIP ResNet for fast tests: architecture JSON (for MODEL.CLIP.ARCH) and OpenAI-style
+weights."""
 import torch
 
 from regionclip.clip import CLIPConfig, TextConfig, VisualConfig, build_clip

@@ -8,9 +8,8 @@ import os
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.ops import roi_align
-
 from tiny_clip import TINY_OPTS, write_tiny_clip
+from torchvision.ops import roi_align
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LVIS_RPN = os.path.join(REPO, "configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")

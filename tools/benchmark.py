@@ -23,8 +23,10 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ZS_CONFIG = os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd_zsinf.yaml")
-TRAIN_CONFIG = os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd.yaml")
+ZS_CONFIG = os.path.join(REPO,
+                         "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd_zsinf.yaml")
+TRAIN_CONFIG = os.path.join(REPO,
+                            "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd.yaml")
 PRETRAIN_CONFIG = os.path.join(REPO, "configs/pretrain/RegionCLIP_RN50.yaml")
 _DEVICE = "cpu"  # --device of this run (set in the child process)
 
@@ -88,10 +90,10 @@ def _realistic_random_weights(model):
 
 
 def _build(config, opts):
-    import regionclip  # noqa: F401  (registration)
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
+    import regionclip  # noqa: F401  (registration)
     from regionclip.yaml_config import merge_config_file
 
     cfg = get_cfg()
@@ -121,7 +123,8 @@ def case_zeroshot(args):
     emb = os.path.join(args.tmp, "emb65.pth")
     torch.save(torch.randn(65, 1024), emb)
     h, w = args.size
-    cfg, model = _build(ZS_CONFIG, ["MODEL.CLIP.CROP_REGION_TYPE", "GT", "MODEL.CLIP.TEXT_EMB_PATH", emb,
+    cfg, model = _build(ZS_CONFIG, ["MODEL.CLIP.CROP_REGION_TYPE", "GT",
+                                    "MODEL.CLIP.TEXT_EMB_PATH", emb,
                                     "MODEL.CLIP.INFERENCE_REGION_CHUNK", str(args.chunk),
                                     "MODEL.CLIP.INFERENCE_DTYPE", args.dtype,
                                     "INPUT.MIN_SIZE_TEST", str(h), "INPUT.MAX_SIZE_TEST", str(w)])
@@ -225,7 +228,8 @@ def case_train(args):
     torch.save(torch.randn(48, 1024), emb)
     h, w = args.size
     n = args.num_regions
-    cfg, model = _build(TRAIN_CONFIG, ["MODEL.CLIP.CROP_REGION_TYPE", "GT", "MODEL.CLIP.TEXT_EMB_PATH", emb,
+    cfg, model = _build(TRAIN_CONFIG, ["MODEL.CLIP.CROP_REGION_TYPE", "GT",
+                                       "MODEL.CLIP.TEXT_EMB_PATH", emb,
                                        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", str(n),
                                        "MODEL.ROI_HEADS.POSITIVE_FRACTION", "1.0"])
     model.train()
@@ -246,8 +250,10 @@ def case_pretrain(args):
     torch.save(torch.randn(4764, 1024), pool)
     h, w = args.size
     cfg, model = _build(PRETRAIN_CONFIG, ["MODEL.CLIP.CROP_REGION_TYPE", "RANDOM",
-                                          "MODEL.CLIP.PRETRAIN_SAMPLE_REGIONS", str(args.num_regions),
-                                          "MODEL.CLIP.CONCEPT_POOL_EMB", pool, "MODEL.CLIP.GATHER_GPUS", "False"])
+                                          "MODEL.CLIP.PRETRAIN_SAMPLE_REGIONS",
+                                          str(args.num_regions),
+                                          "MODEL.CLIP.CONCEPT_POOL_EMB", pool,
+                                          "MODEL.CLIP.GATHER_GPUS", "False"])
     model.train()
     from regionclip.clip.tokenizer import tokenize
 
@@ -278,7 +284,8 @@ def run_child(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="roof,zeroshot,train,pretrain")
     parser.add_argument("--regions", type=int, nargs="+", default=[100, 300, 1000])
     parser.add_argument("--train-regions", type=int, default=128)
@@ -289,10 +296,12 @@ def main():
                         choices=("float32", "bfloat16", "float16"),
                         help="MODEL.CLIP.INFERENCE_DTYPE values for the zero-shot cases")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:i] (MODEL.DEVICE of the cases)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu or cuda[:i] (MODEL.DEVICE of the cases)")
     parser.add_argument("--json", default=os.path.join(REPO, "output", "benchmark.json"))
     parser.add_argument("--original", default=None, metavar="CHECKOUT",
-                        help="a checkout of microsoft/RegionCLIP: also time its zero-shot inference")
+                        help="a checkout of microsoft/RegionCLIP: also time its zero-shot "
+                             "inference")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--num-regions", type=int, default=100, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -321,7 +330,8 @@ def main():
     except ImportError:
         jobs_iter = jobs
     for case, n, chunk, dtype in jobs_iter:
-        cmd = [sys.executable, __file__, "--child", case, "--num-regions", str(n), "--chunk", str(chunk),
+        cmd = [sys.executable, __file__, "--child", case, "--num-regions", str(n), "--chunk",
+               str(chunk),
                "--dtype", dtype,
                "--size", *map(str, args.size), "--repeats", str(args.repeats),
                "--device", args.device]
@@ -330,7 +340,8 @@ def main():
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not lines:
-            raise RuntimeError(f"benchmark case {case} ({n} regions) failed:\n{proc.stderr[-3000:]}")
+            raise RuntimeError(f"benchmark case {case} ({n} regions) failed:\n"
+                               f"{proc.stderr[-3000:]}")
         results.append(json.loads(lines[-1][7:]))
     roofs = next(({"float32": r["gflops_fp32"], "bfloat16": r["gflops_bf16"],
                    "float16": r.get("gflops_fp16")} for r in results if r["case"] == "roof"), {})
@@ -341,20 +352,25 @@ def main():
     print("|---|---|---|---|---|---|---|" + ("---|" if gpu else ""))
     for r in results:
         if r["case"] == "roof":
-            print(f"| fp32 matmul roof ({r['threads']} threads) | | | | {r['gflops_fp32']:.1f} GFLOP/s | | {r['peak_rss_mb']:.0f} |")
-            print(f"| bf16 matmul roof ({r['threads']} threads) | | | | {r['gflops_bf16']:.1f} GFLOP/s | | |")
+            print(f"| fp32 matmul roof ({r['threads']} threads) | | | | "
+                  f"{r['gflops_fp32']:.1f} GFLOP/s | | {r['peak_rss_mb']:.0f} |")
+            print(f"| bf16 matmul roof ({r['threads']} threads) | | | | "
+                  f"{r['gflops_bf16']:.1f} GFLOP/s | | |")
             if r.get("gflops_fp16"):
                 print(f"| fp16 matmul roof | | | | {r['gflops_fp16']:.1f} GFLOP/s | | |")
             continue
         roof = roofs.get(r.get("dtype", "float32"))
         eff = f"{r['gflop'] / r['seconds'] / roof:.0%}" if roof else "n/a"
-        print(f"| {r['case']} | {r.get('regions', '')} | {r.get('chunk', '')} | {r['seconds']:.2f} | "
+        print(f"| {r['case']} | {r.get('regions', '')} | {r.get('chunk', '')} | "
+              f"{r['seconds']:.2f} | "
               f"{r['gflop']:.0f} | {eff} | {r['peak_rss_mb']:.0f} |"
               + (f" {r['peak_gpu_mb']:.0f} |" if gpu else ""))
         if "head_seconds_per_region" in r and roof:
             head_eff = r["head_gflop_per_region"] / r["head_seconds_per_region"] / roof
-            print(f"|   per-region head (res5 + attnpool), batch <= 64 | | | {r['head_seconds_per_region']*1000:.1f} ms/region | "
-                  f"{r['head_gflop_per_region']:.2f} (attnpool {r['attnpool_gflop_per_region']:.2f}) | {head_eff:.0%} | |")
+            print(f"|   per-region head (res5 + attnpool), batch <= 64 | | | "
+                  f"{r['head_seconds_per_region']*1000:.1f} ms/region | "
+                  f"{r['head_gflop_per_region']:.2f} "
+                  f"(attnpool {r['attnpool_gflop_per_region']:.2f}) | {head_eff:.0%} | |")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(results, f, indent=1)

@@ -7,7 +7,8 @@ Example (the paper's COCO pool: nouns of COCO Captions occurring at least 100 ti
         --output concepts.txt --min-count 100 \\
         [--weights RN50_OAI_CLIP.pth --output-emb coco_nouns_emb.pth]
 
-Needs spaCy and an English pipeline (en_core_web_sm). See :mod:`regionclip.tools.build_concept_pool`.
+Needs spaCy and an English pipeline (en_core_web_sm). See
+:mod:`regionclip.tools.build_concept_pool`.
 """
 import sys
 

@@ -11,7 +11,8 @@
 then ``MODEL.CLIP.BB_RPN_WEIGHTS`` into the offline RPN. ``MODEL.DEVICE`` decides where the
 processes run: with ``cuda`` (the default) ``--num-gpus N`` starts N processes joined by NCCL, one
 GPU each (``cuda:<local rank>``); with ``cpu`` (also chosen when no GPU is present) N CPU
-processes joined by gloo. ``SOLVER.AMP.ENABLED True`` (mixed precision) needs CUDA. ``--register-coco``
+processes joined by gloo. ``SOLVER.AMP.ENABLED True`` (mixed precision) needs CUDA.
+``--register-coco``
 registers one's own COCO-format datasets with a base/novel split for ``DATASETS.TRAIN`` and
 ``DATASETS.TEST`` (docs/CUSTOM_DATASETS.md). ``--eval-only`` without ``MODEL.WEIGHTS`` is an
 error unless ``--random-weights`` says that a random model is meant (docs/RELIABILITY.md).

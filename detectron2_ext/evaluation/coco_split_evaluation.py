@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 
 def splits_from_metadata(metadata):
-    """``{"novel": [...], "base": [...], "all": thing_classes}`` from metadata; empty splits omitted.
+    """``{"novel": [...], "base": [...], "all": thing_classes}`` from metadata (empty splits
+    omitted).
 
     Returns an empty dict when the metadata has no ``base_classes``/``novel_classes``.
     """
@@ -32,7 +33,8 @@ def splits_from_metadata(metadata):
         members = list(metadata.get(f"{name}_classes", []) or [])
         unknown = sorted(set(members) - set(classes))
         if unknown:
-            raise ValueError(f"metadata '{metadata.name}': {name}_classes contains names that are not "
+            raise ValueError(f"metadata '{metadata.name}': {name}_classes contains names that "
+                             "are not "
                              f"in thing_classes: {unknown[:5]}")
         if members:
             splits[name] = members
@@ -55,7 +57,8 @@ def split_ap_from_coco_eval(coco_eval, class_names, splits, iou=None):
     """
     precision = coco_eval.eval["precision"]  # (iou, recall, class, area, maxdets)
     if len(class_names) != precision.shape[2]:
-        raise ValueError(f"{len(class_names)} class names for {precision.shape[2]} evaluated classes")
+        raise ValueError(f"{len(class_names)} class names for {precision.shape[2]} evaluated "
+                         "classes")
     if iou is None:
         precision = precision[:, :, :, 0, -1]
     else:
@@ -96,7 +99,8 @@ def split_proposal_recall(predictions, coco_api, category_ids, limit=100, ious=(
     hits, total = np.zeros(len(ious)), 0
     for prediction in predictions:
         anns = coco_api.loadAnns(coco_api.getAnnIds(imgIds=prediction["image_id"]))
-        gt = [a["bbox"] for a in anns if not a.get("iscrowd", 0) and a["category_id"] in category_ids]
+        gt = [a["bbox"] for a in anns if not a.get("iscrowd",
+                                                   0) and a["category_id"] in category_ids]
         if not gt:
             continue
         total += len(gt)
@@ -171,7 +175,8 @@ class COCOSplitEvaluator(COCOEvaluator):
             for split, value in split_ap_from_coco_eval(coco_eval, class_names, self._splits,
                                                         iou).items():
                 split_results[f"{prefix}_{split}"] = value
-        logger.info(f"{iou_type} AP per class split ({', '.join(f'{k}: {len(v)} classes' for k, v in self._splits.items())}):\n"
+        sizes = ", ".join(f"{k}: {len(v)} classes" for k, v in self._splits.items())
+        logger.info(f"{iou_type} AP per class split ({sizes}):\n"
                     + create_small_table(split_results))
         results.update(split_results)
         return results

@@ -36,7 +36,8 @@ def _iou_one_to_many(top, boxes):
     wh = torch.min(top[:, None, 2:], boxes[..., 2:]) - torch.max(top[:, None, :2], boxes[..., :2])
     inter = wh.clamp(min=0).prod(dim=2)
     union = area_top[:, None] + area - inter
-    return torch.where(inter > 0, inter / union, torch.zeros(1, dtype=inter.dtype, device=inter.device))
+    return torch.where(inter > 0, inter / union, torch.zeros(1, dtype=inter.dtype,
+                                                             device=inter.device))
 
 
 def soft_nms(boxes, scores, method, gaussian_sigma, linear_threshold, prune_threshold):
@@ -113,7 +114,8 @@ def batched_soft_nms(boxes, scores, idxs, method, gaussian_sigma, linear_thresho
         if step % _SYNC_EVERY == 0 and step > 0 and not bool(alive.any()):
             break
         has = alive.any(dim=1)
-        top = torch.argmax(torch.where(alive, cur, neg_inf), dim=1)  # first maximum, as the reference
+        top = torch.argmax(torch.where(alive, cur, neg_inf),
+                           dim=1)  # first maximum, as the reference
         out_idx[:, step] = torch.where(has, orig[rows, top], out_idx[:, step])
         out_score[:, step] = cur[rows, top]
         iou = _iou_one_to_many(pad_boxes[rows, top], pad_boxes)

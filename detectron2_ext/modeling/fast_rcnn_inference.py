@@ -78,7 +78,8 @@ def fast_rcnn_inference_single_image(
     valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
     rows = torch.arange(boxes.shape[0], device=boxes.device)
     if not bool(valid.all()):
-        boxes, scores, report_scores, rows = boxes[valid], scores[valid], report_scores[valid], rows[valid]
+        boxes, scores = boxes[valid], scores[valid]
+        report_scores, rows = report_scores[valid], rows[valid]
     scores, report_scores = scores[:, :-1], report_scores[:, :-1]
     num_reg = boxes.shape[1] // 4
     boxes = Boxes(boxes.reshape(-1, 4))

@@ -248,7 +248,8 @@ def ensemble_text_embeddings(text_encoder: Callable[[torch.Tensor], torch.Tensor
             chunk = names[start:start + names_per_batch]
             texts = [p for n in chunk for p in build_prompts(n, templates)] if prompt_ensemble \
                 else chunk
-            embeddings = text_encoder(tokenizer.tokenize(texts, context_length, truncate=truncate).to(device))
+            embeddings = text_encoder(tokenizer.tokenize(texts, context_length,
+                                                         truncate=truncate).to(device))
             if embeddings.dim() != 2 or embeddings.shape[0] != len(texts):
                 raise ValueError(f"text_encoder returned shape {tuple(embeddings.shape)} for "
                                  f"{len(texts)} prompts; expected ({len(texts)}, D)")

@@ -25,9 +25,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from detectron2.utils import comm
 from PIL import Image
 
-from detectron2.utils import comm
 from detectron2_ext.data import (
     ImageTextTSVDataset,
     SkipSample,

@@ -5,8 +5,14 @@ import os
 import weakref
 
 from detectron2.data import MetadataCatalog, build_detection_test_loader
-from detectron2.engine import (AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase,
-                               create_ddp_model, hooks)
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    hooks,
+)
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -17,9 +23,9 @@ from detectron2_ext.evaluation import COCOSplitEvaluator, LVISEvaluatorCompat, P
 from detectron2_ext.utils import check_amp_device
 
 from ..checkpoint import RegionCLIPCheckpointer, load_model_weights
-from .checks import check_test_classifier
 from ..data.mappers import build_test_mapper
 from ..data.pretrain import build_pretrain_train_loader, is_image_text_config
+from .checks import check_test_classifier
 
 # load_model_weights is re-exported for code that imported it from here
 __all__ = ["Trainer", "build_evaluator", "load_model_weights"]
@@ -36,14 +42,16 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     meta = MetadataCatalog.get(dataset_name)
     kind = meta.get("evaluator_type", None)
     if meta.get("no_evaluation", False):
-        return PredictionWriter(dataset_name, output_folder, f"{kind or 'coco'}_instances_results.json")
+        return PredictionWriter(dataset_name, output_folder,
+                                f"{kind or 'coco'}_instances_results.json")
     if kind == "coco":
         # never reuse a ground-truth json converted by an earlier run: the dataset's registration
         # (e.g. its novel classes) may have changed since
         return COCOSplitEvaluator(dataset_name, output_dir=output_folder, allow_cached_coco=False)
     if kind == "lvis":
         return LVISEvaluatorCompat(dataset_name, output_dir=output_folder)
-    raise NotImplementedError(f"no evaluator for dataset '{dataset_name}' (evaluator_type {kind!r}); "
+    raise NotImplementedError(f"no evaluator for dataset '{dataset_name}' (evaluator_type "
+                              f"{kind!r}); "
                               "register it with evaluator_type 'coco' or 'lvis', or set "
                               "no_evaluation=True in its metadata")
 
@@ -76,7 +84,8 @@ class Trainer(DefaultTrainer):
         trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
         self._trainer = trainer_cls(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = RegionCLIPCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = RegionCLIPCheckpointer(model, cfg.OUTPUT_DIR,
+                                                   trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg

@@ -22,7 +22,8 @@ __all__ = ["resolve_clip_arch", "clip_config_from_cfg", "save_clip_arch"]
 
 def _from_json(path: str) -> CLIPConfig:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"CLIP architecture file '{path}' does not exist (expected a preset "
+        raise FileNotFoundError(f"CLIP architecture file '{path}' does not exist (expected a "
+                                "preset "
                                 f"name {sorted(PRESETS)} or a JSON file)")
     with open(path) as f:
         data = json.load(f)

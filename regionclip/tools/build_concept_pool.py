@@ -14,7 +14,8 @@ contain that step (spec §1.5). This tool does it:
 3. keep nouns with at least ``--min-count`` occurrences (100), most frequent first (ties in
    alphabetical order), and write them one per line (``concepts.txt``);
 4. optionally embed them (``--weights CKPT --output-emb FILE``) with the 81-prompt ensemble of
-   :mod:`regionclip.tools.extract_concept_features` (the file ``MODEL.CLIP.CONCEPT_POOL_EMB`` expects).
+   :mod:`regionclip.tools.extract_concept_features` (the file ``MODEL.CLIP.CONCEPT_POOL_EMB``
+   expects).
 """
 import argparse
 import collections
@@ -292,5 +293,5 @@ def run(argv: Optional[Sequence[str]] = None, noun_parser: Optional[NounParser] 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The command ``tools/build_concept_pool.py`` / ``regionclip-build-concept-pool``: :func:`run`, exit status."""
+    """The command line: :func:`run`, then the exit status (see ``run_command``)."""
     return run_command(run, argv)

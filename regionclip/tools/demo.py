@@ -288,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--templates", default=None,
                         help="text file of prompt templates, one per line, each with {} where "
                         "the class name goes (default: the original's 81)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the config's "
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda, cuda:1 ... (default: the config's "
                         "MODEL.DEVICE; cuda falls back to the CPU when no GPU is present)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides KEY VALUE ... (last option)")
@@ -297,10 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: Optional[Sequence[str]] = None) -> dict:
     """Run the demo (``argv`` without the program name; default ``sys.argv``)."""
-    import torch
 
     from regionclip.api import RegionCLIP
-
     from regionclip.inputs import check_score_threshold
 
     args = build_parser().parse_args(argv)
@@ -323,5 +322,5 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The command ``tools/demo.py`` / ``regionclip-demo``: :func:`run`, exit status."""
+    """The command line: :func:`run`, then the exit status (see ``run_command``)."""
     return run_command(run, argv)

@@ -294,5 +294,5 @@ def run(argv: Optional[Sequence[str]] = None) -> torch.Tensor:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The command ``tools/extract_concept_features.py`` / ``regionclip-extract-concept-features``: :func:`run`, exit status."""
+    """The command line: :func:`run`, then the exit status (see ``run_command``)."""
     return run_command(run, argv)

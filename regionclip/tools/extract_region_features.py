@@ -323,5 +323,5 @@ def run(argv: Optional[Sequence[str]] = None):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The command ``tools/extract_region_features.py`` / ``regionclip-extract-region-features``: :func:`run`, exit status."""
+    """The command line: :func:`run`, then the exit status (see ``run_command``)."""
     return run_command(run, argv)

@@ -435,5 +435,5 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The command ``tools/make_image_text_dataset.py`` / ``regionclip-make-image-text-dataset``: :func:`run`, exit status."""
+    """The command line: :func:`run`, then the exit status (see ``run_command``)."""
     return run_command(run, argv)

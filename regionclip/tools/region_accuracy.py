@@ -34,12 +34,12 @@ from detectron2.utils.logger import create_small_table, setup_logger
 from tqdm import tqdm
 
 from detectron2_ext.evaluation import splits_from_metadata
+from regionclip.tools import run_command
 
 from ..api import read_rgb_image
 from ..data.categories import clean_lvis_name
 from ..data.datasets.custom_ovd import add_register_arguments, register_from_args
 from ..modeling.roi_heads.clip_box_predictor import load_text_embeddings
-from regionclip.tools import run_command
 
 __all__ = ["accuracy_table", "dataset_regions", "run", "main", "region_accuracy"]
 
@@ -253,5 +253,5 @@ def run(argv=None):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The command ``tools/region_accuracy.py`` / ``regionclip-region-accuracy``: :func:`run`, exit status."""
+    """The command line: :func:`run`, then the exit status (see ``run_command``)."""
     return run_command(run, argv)

@@ -224,5 +224,5 @@ def run(argv: Optional[Sequence[str]] = None) -> Dict[str, List[dict]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The command ``tools/visualize_json_results.py`` / ``regionclip-visualize-json-results``: :func:`run`, exit status."""
+    """The command line: :func:`run`, then the exit status (see ``run_command``)."""
     return run_command(run, argv)

@@ -30,7 +30,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from inputs import (  # noqa: E402
-    CAPTIONS, CHECKPOINT_OFFSETS, CONCEPTS, GT_CLASSES_48, detection_inputs, make_image, scenario,
+    CAPTIONS,
+    CHECKPOINT_OFFSETS,
+    CONCEPTS,
+    GT_CLASSES_48,
+    detection_inputs,
+    make_image,
+    scenario,
     write_embedding_files,
 )
 from seeded_weights import load_seeded, seeded_tensor  # noqa: E402
@@ -166,7 +172,9 @@ def run_concepts(model, out):
 
 def pretrain_inputs():
     from detectron2.data.datasets.clip_prompt_utils import (
-        SimpleTokenizer, convert_example_to_features_bpe)
+        SimpleTokenizer,
+        convert_example_to_features_bpe,
+    )
 
     tok = SimpleTokenizer()
     sot, eot = tok.encoder["<|startoftext|>"], tok.encoder["<|endoftext|>"]

@@ -1,10 +1,11 @@
 """Open-vocabulary datasets of one's own: a COCO-format json plus a list of novel classes.
 
-:func:`register_ovd_coco` registers a COCO-format json as a detectron2 dataset whose metadata carries
-the base/novel split (see :mod:`regionclip.data.categories` for the keys), so that training uses the
-base classes only and evaluation reports AP50 on novel, base and all classes, as with the COCO
-benchmark. The novel classes are given by name, or read from the categories' ``"split"`` field
-(``"unseen"``/``"novel"`` = novel, as in OVR-CNN's ``ovd_ins_*`` jsons).
+:func:`register_ovd_coco` registers a COCO-format json as a detectron2 dataset whose metadata
+carries the base/novel split (see :mod:`regionclip.data.categories` for the keys), so that
+training uses the base classes only and evaluation reports AP50 on novel, base and all
+classes, as with the COCO benchmark. The novel classes are given by name, or read from the
+categories' ``"split"`` field (``"unseen"``/``"novel"`` = novel, as in OVR-CNN's
+``ovd_ins_*`` jsons).
 
 ``split`` selects what the registered dataset holds, like the ``all`` / ``b`` / ``t`` COCO jsons:
 

@@ -162,7 +162,7 @@ class CLIPFastRCNN(OfflineRPNMixin, nn.Module):
 
     # ------------------------------------------------------------------ pieces
     def preprocess_image(self, batched_inputs: List[Dict]):
-        """Normalise (CLIP statistics) and pad the images of ``batched_inputs`` (no size divisibility)."""
+        """Normalise (CLIP statistics) and pad the images of ``batched_inputs``."""
         images = [x["image"].to(self.device) for x in batched_inputs]
         return normalize_images(images, self.pixel_mean, self.pixel_std, self.pixel_range,
                                 self.backbone.size_divisibility)
@@ -232,7 +232,8 @@ class CLIPFastRCNN(OfflineRPNMixin, nn.Module):
         on the model's device; a dtype the device does not support is an error, not float32."""
         if self.inference_dtype == torch.float32:
             return contextlib.nullcontext()
-        return checked_autocast(self.device.type, self.inference_dtype, "MODEL.CLIP.INFERENCE_DTYPE")
+        return checked_autocast(self.device.type, self.inference_dtype,
+                                "MODEL.CLIP.INFERENCE_DTYPE")
 
     @staticmethod
     def _postprocess(instances, batched_inputs):

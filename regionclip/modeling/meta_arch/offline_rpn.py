@@ -28,7 +28,8 @@ def build_offline_rpn_config(cfg, post_nms_topk_test: Optional[int] = None):
     """
     path = cfg.MODEL.CLIP.OFFLINE_RPN_CONFIG
     if not path:
-        raise ValueError("MODEL.CLIP.CROP_REGION_TYPE is 'RPN' but MODEL.CLIP.OFFLINE_RPN_CONFIG is "
+        raise ValueError("MODEL.CLIP.CROP_REGION_TYPE is 'RPN' but "
+                         "MODEL.CLIP.OFFLINE_RPN_CONFIG is "
                          "not set: give the yaml of the region proposal network, e.g. "
                          "configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
     if not os.path.isfile(path):
@@ -61,7 +62,8 @@ def build_offline_modules(cfg, post_nms_topk_test: Optional[int] = None):
         mode) and the offline config they were built from.
     """
     offline_cfg = build_offline_rpn_config(cfg, post_nms_topk_test)
-    logger.info("Offline RPN from %s (NMS %.2f, post-NMS top-k %d)", cfg.MODEL.CLIP.OFFLINE_RPN_CONFIG,
+    logger.info("Offline RPN from %s (NMS %.2f, post-NMS top-k %d)",
+                cfg.MODEL.CLIP.OFFLINE_RPN_CONFIG,
                 offline_cfg.MODEL.RPN.NMS_THRESH, offline_cfg.MODEL.RPN.POST_NMS_TOPK_TEST)
     backbone = build_backbone(offline_cfg)
     rpn = build_proposal_generator(offline_cfg, backbone.output_shape())

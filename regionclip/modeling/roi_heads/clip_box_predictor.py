@@ -145,7 +145,8 @@ class CLIPFastRCNNOutputLayers(FastRCNNOutputLayers):
             self.cls_score = _frozen_linear(input_size, self.num_classes, text_emb)
             self.cls_bg_score = _frozen_linear(input_size, 1)  # constant zero background embedding
             if test_text_emb is not None:
-                self.test_cls_score = _frozen_linear(input_size, test_text_emb.shape[0], test_text_emb)
+                self.test_cls_score = _frozen_linear(input_size, test_text_emb.shape[0],
+                                                     test_text_emb)
         weight = torch.ones(self.num_classes + 1)
         if bg_cls_loss_weight is not None:
             weight[-1] = bg_cls_loss_weight
@@ -266,7 +267,8 @@ class CLIPFastRCNNOutputLayers(FastRCNNOutputLayers):
             loss_cls = cross_entropy(scores, gt_classes, reduction="mean")
         losses = {
             "loss_cls": loss_cls,
-            "loss_box_reg": self.box_reg_loss(proposal_boxes, gt_boxes, proposal_deltas, gt_classes),
+            "loss_box_reg": self.box_reg_loss(proposal_boxes, gt_boxes, proposal_deltas,
+                                              gt_classes),
         }
         return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
 
@@ -285,7 +287,8 @@ class CLIPFastRCNNOutputLayers(FastRCNNOutputLayers):
         return loss.mean()
 
     # ------------------------------------------------------------------ inference
-    def predict_boxes(self, predictions, proposals: List[Instances], regress: Optional[bool] = None):
+    def predict_boxes(self, predictions, proposals: List[Instances],
+                      regress: Optional[bool] = None):
         """Boxes per image: regressed from the proposals, or the proposals themselves when
         ``regress`` is False (default: regress unless ``no_box_delta``)."""
         if not len(proposals):
