@@ -18,6 +18,7 @@ data too: ``DROPPED_KEYS`` (key groups and why), ``KEYS_NOT_ADDED`` (the flat tu
 "Non-existent config key" error.
 """
 
+import logging
 from typing import Dict, List, Tuple
 
 from detectron2.config import CfgNode
@@ -39,7 +40,10 @@ __all__ = [
     "KEYS_NOT_ADDED",
     "DROPPED_KEYS",
     "dropped_keys_markdown",
+    "drop_removed_keys",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Readers, named once so that every key says which component uses it.
 _CLIP_FAST_RCNN = "CLIPFastRCNN meta-architecture"
@@ -306,6 +310,39 @@ DROPPED_KEYS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
      "dataset options of the original's code base that nothing in its release reads"),
 )
 KEYS_NOT_ADDED: Tuple[str, ...] = tuple(k for keys, _ in DROPPED_KEYS for k in keys)
+# Keys this project defined before 0.2 and no longer does, with the defaults they had: a config
+# dumped by an older version (cfg.dump(), e.g. OUTPUT_DIR/config.yaml) holds them.
+REMOVED_KEY_DEFAULTS: Dict[str, object] = {
+    "MODEL.CLIP.IMS_PER_BATCH_TEST": 8, "MODEL.CLIP.OPENSET_TEST_NUM_CLASSES": None,
+    "MODEL.CLIP.RUN_CVPR_OVR": False, "MODEL.CLIP.GRID_REGIONS": False,
+    "DATASETS.FACTORY_TEST": [], "DATASETS.PATH_TEST": [],
+}
+
+
+def drop_removed_keys(data: dict, where: str) -> List[str]:
+    """Delete, in place, the keys of ``REMOVED_KEY_DEFAULTS`` that hold their former default
+    (as a dump of an older version does) from a nested config mapping; a removed key set to
+    another value is kept, so that merging it fails as an unknown key.
+
+    Returns:
+        list[str]: the deleted keys (logged with ``where``).
+    """
+    dropped = []
+    for name, default in REMOVED_KEY_DEFAULTS.items():
+        *parents, leaf = name.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node[leaf]
+        if (list(value) if isinstance(value, (list, tuple)) else value) == default:
+            del node[leaf]
+            dropped.append(name)
+    if dropped:
+        logger.info("%s: ignoring %s (removed keys at their former defaults, as written by an "
+                    "older version)", where, ", ".join(dropped))
+    return dropped
 
 
 def add_regionclip_config(cfg: CfgNode) -> None:

@@ -7,6 +7,7 @@ with ``yaml.safe_load`` only and turns every problem into a message naming the f
 invalid yaml, a file that is not a mapping of keys, a Python (LazyConfig) ``.py`` config.
 """
 import os
+import tempfile
 from typing import Any, Dict, List
 
 import yaml
@@ -98,8 +99,20 @@ def merge_config_file(cfg, path: str, what: str = "config file") -> None:
         ConfigFileError: a Python tag, invalid yaml, a ``.py`` config or a file that is not a
             mapping, naming the file (and the line of a tag).
     """
+    from .config import drop_removed_keys
+
     path = os.fspath(path)
     _check_tree(path, what, [])
     # every file parses with safe_load; allow_unsafe=False keeps detectron2 from ever retrying
     # with yaml.unsafe_load
-    cfg.merge_from_file(path, allow_unsafe=False)
+    loaded = cfg.load_yaml_with_base(path, allow_unsafe=False)
+    if not drop_removed_keys(loaded, f"{what} '{path}'"):
+        cfg.merge_from_file(path, allow_unsafe=False)
+        return
+    # a dump of an older version: merge it without its removed keys (bases already resolved),
+    # through detectron2's merge_from_file so that its VERSION handling applies
+    with tempfile.TemporaryDirectory() as folder:
+        pruned = os.path.join(folder, os.path.basename(path))
+        with open(pruned, "w", encoding="utf-8") as f:
+            yaml.safe_dump(loaded, f)
+        cfg.merge_from_file(pruned, allow_unsafe=False)

@@ -508,3 +508,23 @@ def test_docs_table_matches_config_keys():
         assert rel in text
     for old, new in RENAMED_DATASETS.items():
         assert f"`{old}`" in text and f"`{new}`" in text
+
+
+def test_dumps_of_older_versions_load_without_the_removed_keys(tmp_path):
+    """A config dumped before the dead keys were removed (OUTPUT_DIR/config.yaml) still loads;
+    a removed key set to anything but its former default is an unknown-key error."""
+    from regionclip.yaml_config import merge_config_file
+
+    old = fresh_cfg()
+    old.MODEL.CLIP.GRID_REGIONS = False  # what an older version wrote, among its other keys
+    old.MODEL.CLIP.IMS_PER_BATCH_TEST = 8
+    old.DATASETS.FACTORY_TEST = ()
+    old.MODEL.CLIP.CLSS_TEMP = 0.02  # a real setting of the dumped run
+    dump = tmp_path / "config.yaml"
+    dump.write_text(old.dump())
+    cfg = fresh_cfg()
+    merge_config_file(cfg, str(dump))
+    assert cfg.MODEL.CLIP.CLSS_TEMP == 0.02 and "GRID_REGIONS" not in cfg.MODEL.CLIP
+    with pytest.raises(KeyError, match="Non-existent config key: MODEL.CLIP.GRID_REGIONS"):
+        dump.write_text(dump.read_text().replace("GRID_REGIONS: false", "GRID_REGIONS: true"))
+        merge_config_file(fresh_cfg(), str(dump))

@@ -86,7 +86,7 @@ def unpack_detector(path: str, out_dir: str) -> Dict[str, object]:
         raise ValueError(f"'{path}' is not a toy detector package (expected format {FORMAT})")
     from detectron2.config import get_cfg
 
-    from regionclip.config import add_regionclip_config
+    from regionclip.config import add_regionclip_config, drop_removed_keys
 
     os.makedirs(out_dir, exist_ok=True)
     arch = os.path.abspath(os.path.join(out_dir, "arch.json"))
@@ -96,7 +96,9 @@ def unpack_detector(path: str, out_dir: str) -> Dict[str, object]:
     for key, name in (("rpn_config", "rpn.yaml"), ("config", "detector.yaml")):
         cfg = get_cfg()
         add_regionclip_config(cfg)
-        cfg.merge_from_other_cfg(cfg.load_cfg(payload[key]))
+        loaded = cfg.load_cfg(payload[key])
+        drop_removed_keys(loaded, f"'{path}' {key}")  # written before regionclip dropped them
+        cfg.merge_from_other_cfg(loaded)
         cfg.MODEL.CLIP.ARCH = arch
         cfg.MODEL.WEIGHTS = ""
         if key == "config":
