@@ -6,8 +6,15 @@ marker (``pytest -m gpu`` selects it; ``make test-gpu`` runs it) and is skipped,
 when ``torch.cuda.is_available()`` is false. While a ``cuda`` case runs, TF32 is off so that
 float32 on the GPU is compared with the CPU at float32 accuracy (``tolerance``).
 """
+import os
+from pathlib import Path
+
 import pytest
 import torch
+
+# the checkout's root, for test files and helpers (``from conftest import REPO``)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_PATH = Path(REPO)
 
 NO_CUDA = (f"CUDA is not available (torch {torch.__version__}, built with CUDA "
             f"{torch.version.cuda}): the cuda case runs on a GPU machine (make test-gpu)")

@@ -13,10 +13,10 @@ import subprocess
 import sys
 
 import torch
+from conftest import REPO
 
 from regionclip.data.synthetic import make_synthetic_coco
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (COCO id, name, split): person/car are base classes, bus/cat novel ones in the OVR-CNN split
 CLASSES = [(1, "person", "base"), (3, "car", "base"), (6, "bus", "novel"), (17, "cat", "novel")]
 BASE = [c for c in CLASSES if c[2] == "base"]

@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from tiny_clip import TINY, TINY_OPTS, write_tiny_clip
 
 from regionclip import RegionCLIP
@@ -11,7 +12,6 @@ from regionclip.clip import build_clip_from_state_dict
 from regionclip.clip.prompts import PROMPT_TEMPLATES
 from regionclip.clip.tokenizer import tokenize
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZS = os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd_zsinf.yaml")
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
 STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)

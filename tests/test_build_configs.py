@@ -4,12 +4,12 @@ import os
 
 import pytest
 import torch
+from conftest import REPO
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from regionclip import add_regionclip_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "**",
                                                                           "*.yaml"),
                                                              recursive=True)

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from conftest import REPO
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -14,8 +15,6 @@ from tiny_clip import TINY, TINY_OPTS, write_tiny_clip
 from regionclip import add_regionclip_config
 from regionclip.checkpoint import RegionCLIPCheckpointer
 from regionclip.clip import build_text
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO_PATH as REPO
 from detectron2 import model_zoo
 from detectron2.config import CfgNode, get_cfg
 
@@ -14,7 +15,6 @@ import detectron2_ext.config as ext_config
 import regionclip.config as rc_config
 from regionclip.config import add_regionclip_config
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
 YAMLS = sorted(CONFIG_DIR.rglob("*.yaml"))
 YAML_IDS = [str(p.relative_to(CONFIG_DIR)) for p in YAMLS]

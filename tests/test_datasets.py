@@ -9,6 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import REPO
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES
@@ -22,8 +23,6 @@ from regionclip.data.datasets.lvis_ovd import (
 )
 from regionclip.data.synthetic import make_synthetic_coco, register_synthetic_dataset
 from regionclip.data.vocabularies import VOCABULARY_NAMES, get_vocabulary
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The OVR-CNN split as listed in the spec (section 1.13), in COCO category-id order.
 NOVEL = ("airplane bus cat dog cow elephant umbrella tie snowboard skateboard cup knife cake "

@@ -3,14 +3,13 @@ import os
 
 import pytest
 import torch
+from conftest import REPO
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from tiny_clip import TINY_OPTS, write_tiny_clip
 
 from regionclip import add_regionclip_config
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _model(folder, *opts):

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 from _image_text_data import captions_field, make_samples, write_tsv_pair, write_wds_shards
+from conftest import REPO
 from PIL import Image
 from tiny_clip import TINY_OPTS, write_tiny_clip
 
 from regionclip import RegionCLIP
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZS = os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd_zsinf.yaml")
 W, H = 120, 80
 

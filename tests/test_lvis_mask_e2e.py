@@ -5,6 +5,7 @@ import os
 import ovd_world
 import pytest
 import torch
+from conftest import REPO
 from detectron2.config import get_cfg
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
@@ -14,7 +15,6 @@ from regionclip import add_regionclip_config
 from regionclip.data.synthetic import make_synthetic_coco, register_synthetic_dataset
 from regionclip.engine import Trainer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CATS = [{"name": n, "split": s} for n, s in
         [("red square", "base"), ("blue circle", "base"), ("green triangle", "base"),
          ("yellow diamond", "novel")]]

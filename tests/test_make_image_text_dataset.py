@@ -10,6 +10,7 @@ from unittest import mock
 
 import pytest
 from _image_text_data import tiny_image, write_wds_shards
+from conftest import REPO_PATH as REPO
 
 from detectron2_ext.data import (
     ImageTextTSVDataset,
@@ -20,8 +21,6 @@ from detectron2_ext.data import (
 from detectron2_ext.data.image_text_wds import iterate_shard_records
 from regionclip.data.pretrain import parse_text_field
 from regionclip.tools.make_image_text_dataset import convert, main
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def image_folder(folder, count=5):

@@ -6,9 +6,9 @@ import os
 
 import pytest
 import torch.nn.functional as F
+from conftest import REPO
 from PIL import Image
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(REPO, "notebooks")
 
 

@@ -5,7 +5,6 @@ import json
 import logging
 import os
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from _image_text_data import (
     write_tsv_pair,
     write_wds_shards,
 )
+from conftest import REPO_PATH as REPO
 from detectron2.config import get_cfg
 from detectron2.data.samplers import TrainingSampler
 from detectron2.utils.events import EventStorage
@@ -43,7 +43,6 @@ from regionclip.data.pretrain import (
     resized_size,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 TSV, WDS = "CLIPImgTxtPairTSVDataset", "WebDatasetImageText"
 
 

@@ -11,6 +11,7 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils import comm
@@ -27,7 +28,6 @@ from regionclip.modeling.meta_arch.offline_rpn import build_offline_modules
 from regionclip.modeling.meta_arch.pretrain_fast_rcnn import PretrainFastRCNN, random_grid_boxes
 from regionclip.modeling.roi_heads.clip_roi_heads import PretrainRes5ROIHeads, region_embeddings
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN_YAML = os.path.join(REPO, "configs/pretrain/RegionCLIP_RN50.yaml")
 OFFLINE_YAML = os.path.join(REPO, "configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]

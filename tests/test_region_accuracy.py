@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO
 from PIL import Image
 from tiny_clip import TINY, TINY_OPTS, write_tiny_clip
 from tiny_detector import MEAN, STD, independent_features
@@ -17,7 +18,6 @@ from regionclip.clip import build_clip_from_state_dict
 from regionclip.data.datasets import register_ovd_coco
 from regionclip.tools import region_accuracy as ra
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZS = os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd_zsinf.yaml")
 CLASSES = ["red cube", "blue ball", "green cone", "gold ring"]
 NOVEL = ["green cone", "gold ring"]

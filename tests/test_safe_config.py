@@ -5,13 +5,13 @@ import os
 
 import pytest
 import yaml
+from conftest import REPO
 from ovd_world import load_train_net
 from tiny_clip import TINY_OPTS, write_tiny_clip
 
 from regionclip import RegionCLIP
 from regionclip.config import load_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZS = os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd_zsinf.yaml")
 
 

@@ -5,6 +5,7 @@ The attack files are complete, loadable checkpoints / embedding files / concept 
 extra entry whose unpickling calls ``open(marker, "w")``: if any code in the file runs, the
 marker file exists. ``test_attack_payload_is_live`` shows that full unpickling does run it.
 """
+import importlib
 import importlib.util
 import logging
 import os
@@ -16,6 +17,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, ResNet
 from ovd_world import load_train_net
@@ -25,7 +27,6 @@ from torch import nn
 from regionclip import RegionCLIP
 from regionclip.checkpoint import RegionCLIPCheckpointer, load_clip_state_dict, read_torch_file
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZS = os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd_zsinf.yaml")
 LVIS_RPN = os.path.join(REPO, "configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
 PRETRAIN = os.path.join(REPO, "configs/pretrain/RegionCLIP_RN50.yaml")
@@ -40,6 +41,11 @@ class Plant:
 
     def __reduce__(self):
         return open, (self.marker, "w")
+
+
+def tool_run(name):
+    """``run`` of the tool module ``regionclip.tools.NAME`` (raises, where ``main`` reports)."""
+    return importlib.import_module(f"regionclip.tools.{name}").run
 
 
 def load_tool(name):
@@ -119,7 +125,7 @@ def _last_checkpoint(tmp_path, path):
 
 
 def _concept_pool(tiny, path, form):
-    return load_tool("build_concept_pool").main(
+    return tool_run("build_concept_pool")(
         ["--captions", str(tiny["corpus"]), "--output", str(tiny["folder"] / "pool.txt"),
          "--min-count", "1", "--weights", path, "--output-emb", str(tiny["folder"] / "pool.pth"),
          "--no-progress"], noun_parser=lambda caps: [c.split() for c in caps])
@@ -156,13 +162,13 @@ ENTRY_POINTS = {
             "MODEL.CLIP.ARCH", t["arch"], "MODEL.CLIP.TEACHER_ARCH", t["arch"],
             "MODEL.CLIP.CROP_REGION_TYPE", "RANDOM", "MODEL.CLIP.CONCEPT_POOL_EMB", p])),
     "extract_concept_features --weights": (
-        "checkpoint", lambda t, p, tmp: load_tool("extract_concept_features").main(
+        "checkpoint", lambda t, p, tmp: tool_run("extract_concept_features")(
             ["--concepts", "cat", "--weights", p, "--output", str(tmp / "emb.pth")])),
     "convert_openai_clip --student": (
-        "checkpoint", lambda t, p, tmp: load_tool("convert_openai_clip").main(
+        "checkpoint", lambda t, p, tmp: tool_run("convert_openai_clip")(
             ["--student", p, "--output", str(tmp / "converted.pth")])),
     "convert_openai_clip --teacher": (
-        "checkpoint", lambda t, p, tmp: load_tool("convert_openai_clip").main(
+        "checkpoint", lambda t, p, tmp: tool_run("convert_openai_clip")(
             ["--student", t["weights"], "--teacher", p, "--output", str(tmp / "converted.pth")])),
     "build_concept_pool --weights": ("checkpoint", _concept_pool),
 }

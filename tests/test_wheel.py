@@ -8,12 +8,12 @@ import sys
 import textwrap
 import zipfile
 
+from conftest import REPO
 from detectron2.config import get_cfg
 from tiny_detector import CUSTOM, tiny_detector_opts, write_tiny_rpn_config
 
 from regionclip.config import add_regionclip_config, load_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARY = ("regionclip", "detectron2_ext")  # the packages of pyproject.toml
 
 

@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+from conftest import REPO
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from ovd_world import load_train_net
@@ -18,7 +19,6 @@ from regionclip.checkpoint import RegionCLIPCheckpointer
 from regionclip.clip import CLIPConfig
 from regionclip.modeling.clip_arch import save_clip_arch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVD = os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd.yaml")
 ZS = os.path.join(REPO, "configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd_zsinf.yaml")
 PRETRAIN = os.path.join(REPO, "configs/pretrain/RegionCLIP_RN50.yaml")

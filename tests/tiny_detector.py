@@ -7,11 +7,11 @@ import os
 
 import numpy as np
 import torch
+from conftest import REPO
 from PIL import Image
 from tiny_clip import TINY_OPTS, write_tiny_clip
 from torchvision.ops import roi_align
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LVIS_RPN = os.path.join(REPO, "configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
 ZSINF = os.path.join(REPO, "configs/LVISv1-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_zsinf.yaml")
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
