@@ -12,9 +12,47 @@ from typing import Any, Dict, List
 
 import yaml
 
-__all__ = ["ConfigFileError", "read_yaml_file", "merge_config_file"]
+__all__ = ["ConfigFileError", "read_yaml_file", "merge_config_file", "packaged_configs_dir",
+           "packaged_configs", "find_config_file"]
 
 BASE_KEY = "_BASE_"
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def packaged_configs_dir() -> str:
+    """The folder of the configs that ship with the package (``regionclip/configs``: the checkout's
+    ``configs/`` folder, copied into the wheel; the checkout's own folder if the package has none,
+    e.g. a checkout where the link ``regionclip/configs -> ../configs`` is a plain file)."""
+    inside = os.path.join(_PACKAGE, "configs")
+    if os.path.isdir(inside):
+        return inside
+    return os.path.join(os.path.dirname(_PACKAGE), "configs")
+
+
+def packaged_configs() -> List[str]:
+    """Names of the packaged configs, relative to :func:`packaged_configs_dir`, e.g.
+    ``COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd_zsinf.yaml``."""
+    root = packaged_configs_dir()
+    found = []
+    for folder, _, files in os.walk(root):
+        found += [os.path.relpath(os.path.join(folder, f), root).replace(os.sep, "/")
+                  for f in files if f.endswith(".yaml")]
+    return sorted(found)
+
+
+def find_config_file(name: str) -> str:
+    """``name`` itself if it is a file; else the packaged config of that name (a leading
+    ``./`` and ``configs/`` are ignored, so the original's ``./configs/...`` paths work from any
+    folder); else ``name`` unchanged (readers then report it missing)."""
+    name = os.fspath(name)
+    if not name or os.path.isfile(name):
+        return name
+    relative = name.replace("\\", "/")
+    for prefix in ("./", "configs/"):
+        if relative.startswith(prefix):
+            relative = relative[len(prefix):]
+    packaged = os.path.join(packaged_configs_dir(), relative)
+    return packaged if not os.path.isabs(relative) and os.path.isfile(packaged) else name
 
 
 class ConfigFileError(ValueError):
@@ -43,7 +81,10 @@ def read_yaml_file(path: str, what: str = "config file") -> Dict[str, Any]:
         FileNotFoundError, ConfigFileError.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} '{path}' does not exist")
+        raise FileNotFoundError(f"{what} '{path}' does not exist (neither a file nor the name of "
+                                f"a config packaged with regionclip, e.g. "
+                                f"'COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd_zsinf.yaml'"
+                                f"; see regionclip.yaml_config.packaged_configs())")
     if path.endswith(".py"):
         raise ConfigFileError(
             f"{what} '{path}' is a Python config (detectron2 LazyConfig); RegionCLIP reads yaml "
@@ -90,7 +131,7 @@ def merge_config_file(cfg, path: str, what: str = "config file") -> None:
 
     Args:
         cfg (CfgNode): a detectron2 config (not frozen).
-        path (str): the yaml file.
+        path (str): the yaml file, or the name of a packaged config (:func:`find_config_file`).
         what (str): how the user named it (e.g. ``--config-file``,
             ``MODEL.CLIP.OFFLINE_RPN_CONFIG``), for messages.
 
@@ -101,7 +142,7 @@ def merge_config_file(cfg, path: str, what: str = "config file") -> None:
     """
     from .config import drop_removed_keys
 
-    path = os.fspath(path)
+    path = find_config_file(path)
     _check_tree(path, what, [])
     # every file parses with safe_load; allow_unsafe=False keeps detectron2 from ever retrying
     # with yaml.unsafe_load

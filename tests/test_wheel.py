@@ -10,6 +10,7 @@ import zipfile
 
 from conftest import REPO
 from detectron2.config import get_cfg
+from tiny_clip import TINY_OPTS
 from tiny_detector import CUSTOM, tiny_detector_opts, write_tiny_rpn_config
 
 from regionclip.config import add_regionclip_config, load_config
@@ -42,7 +43,8 @@ def test_the_library_does_not_mention_the_toy_world(tmp_path):
 
 def _write_standalone_configs(folder):
     """A tiny random detector (tiny CLIP, random R18-FPN offline RPN) as two complete yamls with
-    no ``_BASE_``, so that nothing of the checkout is read to load them."""
+    no ``_BASE_``, so that nothing of the checkout is read to load them; also the tiny CLIP's
+    overrides and weights file."""
     opts, weights = tiny_detector_opts(folder)
     rpn = get_cfg()
     add_regionclip_config(rpn)
@@ -58,27 +60,41 @@ def _write_standalone_configs(folder):
     detector_yaml = os.path.join(folder, "detector.yaml")
     with open(detector_yaml, "w") as f:
         f.write(cfg.dump())
-    return detector_yaml
+    arch = opts[opts.index("MODEL.CLIP.ARCH") + 1]
+    return detector_yaml, TINY_OPTS + ["MODEL.CLIP.ARCH", arch], weights
 
 
 # Runs in a fresh interpreter whose working directory is a temp folder: the wheel's regionclip
-# detects a vocabulary on a scene that the wheel's synthetic-data generator draws.
+# detects a vocabulary on a scene that the wheel's synthetic-data generator draws, with a config
+# file of the temp folder, then with packaged configs named as in the original's command lines.
 _SCRIPT = textwrap.dedent("""
     import json, os, sys
-    site, config = sys.argv[1], sys.argv[2]
+    site, config, weights = sys.argv[1], sys.argv[2], sys.argv[3]
+    opts = json.loads(sys.argv[4])
     import regionclip
     from regionclip import RegionCLIP
     from regionclip.data.synthetic import make_synthetic_coco
+    from regionclip.yaml_config import find_config_file
 
     data = make_synthetic_coco("scenes", num_images=1, image_size=(96, 128), seed=3)
     image = os.path.join(data.image_root, "000000000001.png")
     rc = RegionCLIP.from_config(config)
     detections = rc.detect(image, ["red rectangle", "blue ellipse", "green triangle"],
                            score_threshold=0.0)
+    packaged = "COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd_zsinf.yaml"
+    rpn = "./configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"
+    rc = RegionCLIP.from_config(packaged, weights=weights, device="cpu", opts=opts + [
+        "MODEL.CLIP.TEXT_EMB_PATH", "", "MODEL.CLIP.OFFLINE_RPN_CONFIG", rpn,
+        "MODEL.CLIP.OFFLINE_RPN_POST_NMS_TOPK_TEST", "20", "SEED", "0",
+        "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "160"])
+    packaged_detections = rc.detect(image, ["red rectangle", "blue ellipse"], score_threshold=0.0)
     loaded = {name: getattr(module, "__file__", None) or "" for name, module in sys.modules.items()
               if name.split(".")[0] in ("regionclip", "detectron2_ext")}
     print(json.dumps({"file": regionclip.__file__, "loaded": loaded, "detections": detections,
-                      "text_encoder": rc.text_encoder_loaded}))
+                      "text_encoder": rc.text_encoder_loaded,
+                      "packaged": [find_config_file(packaged), find_config_file(rpn)],
+                      "packaged_detections": packaged_detections,
+                      "num_classes": rc.cfg.MODEL.ROI_HEADS.NUM_CLASSES}))
 """)
 
 
@@ -120,10 +136,15 @@ def test_wheel_installs_and_runs_regionclip_without_the_checkout(tmp_path):
                    env=env, cwd=str(tmp_path), capture_output=True)
     work = tmp_path / "work"
     work.mkdir()
-    config = _write_standalone_configs(str(work))
+    assert "regionclip/configs/COCO-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_ovd.yaml" in names
+    packaged = sorted(n[len("regionclip/configs/"):] for n in names
+                      if n.startswith("regionclip/configs/"))
+    assert packaged == _yaml_files(os.path.join(REPO, "configs"))  # every config of the checkout
+    config, opts, weights = _write_standalone_configs(str(work))
     assert REPO not in open(config).read() and "_BASE_" not in open(config).read()
     # the installed copy comes first on the path, before the editable install of the checkout
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(site), config], cwd=str(work),
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(site), config, weights,
+                           __import__("json").dumps(opts)], cwd=str(work),
                           env=dict(env, PYTHONPATH=str(site)), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -139,3 +160,33 @@ def test_wheel_installs_and_runs_regionclip_without_the_checkout(tmp_path):
         assert 0 <= x0 <= x1 <= 128 and 0 <= y0 <= y1 <= 96
         assert det["label"] in ("red rectangle", "blue ellipse", "green triangle")
         assert 0 <= det["score"] <= 1
+    # the packaged configs (and their _BASE_ files) were read from the installed package
+    packaged_root = str(site / "regionclip" / "configs") + os.sep
+    assert all(p.startswith(packaged_root) for p in result["packaged"]), result["packaged"]
+    assert result["num_classes"] == 65  # the zero-shot COCO config over its bases
+    assert result["packaged_detections"]
+    assert {d["label"] for d in result["packaged_detections"]} <= {"red rectangle", "blue ellipse"}
+
+
+def _yaml_files(root):
+    return sorted(os.path.relpath(os.path.join(folder, f), root).replace(os.sep, "/")
+                  for folder, _, files in os.walk(root) for f in files if f.endswith(".yaml"))
+
+
+def test_packaged_configs_are_the_checkouts_configs(tmp_path, monkeypatch):
+    from regionclip.yaml_config import find_config_file, packaged_configs, packaged_configs_dir
+
+    root = packaged_configs_dir()
+    assert packaged_configs() == _yaml_files(os.path.join(REPO, "configs")) != []
+    for name in packaged_configs():
+        with open(os.path.join(root, name), "rb") as a, \
+                open(os.path.join(REPO, "configs", name), "rb") as b:
+            assert a.read() == b.read(), name
+    name = "LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"
+    monkeypatch.chdir(tmp_path)  # outside the checkout: the names are packaged ones
+    for given in (name, "configs/" + name, "./configs/" + name):
+        assert find_config_file(given) == os.path.join(root, name)
+    assert find_config_file("no/such.yaml") == "no/such.yaml"  # left for the reader to report
+    (tmp_path / "configs").mkdir()  # a file of that name in the working folder comes first
+    (tmp_path / "configs" / "mine.yaml").write_text("MODEL: {}\n")
+    assert find_config_file("configs/mine.yaml") == "configs/mine.yaml"

@@ -26,14 +26,17 @@ def build_offline_rpn_config(cfg, post_nms_topk_test: Optional[int] = None):
     CONV_DIMS [-1, -1]; ``OFFLINE_RPN_NMS_THRESH`` -> RPN.NMS_THRESH; ``post_nms_topk_test`` ->
     RPN.POST_NMS_TOPK_TEST (each only when truthy, as the original).
     """
-    path = cfg.MODEL.CLIP.OFFLINE_RPN_CONFIG
+    from regionclip.yaml_config import find_config_file
+
+    path = find_config_file(cfg.MODEL.CLIP.OFFLINE_RPN_CONFIG)
     if not path:
         raise ValueError("MODEL.CLIP.CROP_REGION_TYPE is 'RPN' but "
                          "MODEL.CLIP.OFFLINE_RPN_CONFIG is "
                          "not set: give the yaml of the region proposal network, e.g. "
                          "configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.CLIP.OFFLINE_RPN_CONFIG: '{path}' does not exist")
+        raise FileNotFoundError(f"MODEL.CLIP.OFFLINE_RPN_CONFIG: '{path}' does not exist (neither "
+                                f"a file nor the name of a config packaged with regionclip)")
     from regionclip.config import add_regionclip_config  # the offline yaml may use our keys
     from regionclip.yaml_config import merge_config_file
 
