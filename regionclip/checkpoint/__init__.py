@@ -28,7 +28,7 @@ from .clip_keys import (
 )
 from .clip_weights import build_clip_towers, convert_openai_clip, load_clip_state_dict
 from .io import extract_state_dict, is_torchscript_archive, read_torch_file
-from .model_weights import load_model_weights
+from .model_weights import load_model_weights, load_text_encoder_weights
 from .safe_pickle import TRUST_ENV, CheckpointFileError, UntrustedFileError
 
 __all__ = [
@@ -36,5 +36,6 @@ __all__ = [
     "ClipMappingReport", "ShapeMismatch", "group_clip_keys", "has_openai_clip_keys",
     "map_clip_to_model", "build_clip_towers", "convert_openai_clip", "load_clip_state_dict",
     "extract_state_dict", "is_torchscript_archive", "read_torch_file", "load_model_weights",
+    "load_text_encoder_weights",
     "TRUST_ENV", "CheckpointFileError", "UntrustedFileError",
 ]

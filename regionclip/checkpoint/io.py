@@ -83,7 +83,7 @@ def _damaged(path: str, error: Exception) -> CheckpointFileError:
         f"warning page), look like this.")
 
 
-def read_torch_file(path: str) -> Any:
+def read_torch_file(path: str, mmap: bool = False) -> Any:
     """Read a checkpoint, embedding file or concept pool on the CPU; no code stored in the file
     runs.
 
@@ -97,6 +97,9 @@ def read_torch_file(path: str) -> Any:
 
     Args:
         path (str): file path.
+        mmap (bool): map the tensors of a ``torch.save`` zip file instead of reading them (cheap
+            inspection of keys and shapes: a truncated file still fails, as its zip directory is
+            at its end); other formats are read in full.
 
     Returns:
         object: the stored object.
@@ -114,9 +117,10 @@ def read_torch_file(path: str) -> Any:
         return read_torchscript_state_dict(path)
     if path.endswith(".pkl") and not zipfile.is_zipfile(path):
         return read_numpy_pickle(path)
+    extra = {"mmap": True} if mmap and zipfile.is_zipfile(path) else {}
     try:
         with torch.serialization.safe_globals(torch_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, **extra)
     except pickle.UnpicklingError as error:
         needs = _refusal(error)
         if needs is None:
@@ -127,7 +131,7 @@ def read_torch_file(path: str) -> Any:
                        "trusted.", path, needs, TRUST_ENV)
     except Exception as error:  # EOFError, KeyError, RuntimeError (bad zip), ... from torch.load
         raise _damaged(path, error) from None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=False, **extra)
 
 
 def rename_metadata(state_dict: Mapping, mapping) -> Dict[str, dict]:
