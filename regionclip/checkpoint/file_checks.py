@@ -30,10 +30,10 @@ from regionclip.clip.model import (
     split_clip_state_dict,
 )
 
-from .guards import describe_tower
+from .guards import describe_tower, resnet_depth
 from .io import extract_state_dict, read_torch_file
 
-__all__ = ["WrongFileError", "KINDS", "read_shapes", "check_file"]
+__all__ = ["WrongFileError", "KINDS", "read_shapes", "check_file", "check_state_dict"]
 
 KINDS = ("clip", "pretrained", "detector", "rpn", "embeddings")
 BOX_REGRESSOR = "roi_heads.box_predictor.bbox_pred.weight"
@@ -92,19 +92,11 @@ def _looks_like(sd: Mapping) -> str:
     image = describe_tower(sd, "backbone.") if any(k.startswith("backbone.") for k in sd) else None
     if any(k.startswith("lang_encoder.") for k in sd):
         return f"a RegionCLIP pretrained checkpoint ({image})"
-    if BOX_REGRESSOR in sd:
-        return f"a detector checkpoint ({image})"
     if any(k.startswith("proposal_generator.") for k in sd):
-        return f"an RPN / Mask R-CNN checkpoint ({image})"
+        return f"a detectron2 RPN / Mask R-CNN checkpoint ({image})"
+    if BOX_REGRESSOR in sd:
+        return f"a RegionCLIP detector checkpoint ({image})"
     return f"{len(sd)} tensors (first keys {list(sd)[:5]})"
-
-
-def _resnet_depth(sd: Mapping) -> Optional[int]:
-    blocks = tuple(len({m.group(1) for m in (re.match(rf"res{i}\.(\d+)\.", k) for k in sd) if m})
-                   for i in (2, 3, 4))
-    bottleneck = any(".conv3." in k for k in sd)
-    return {((3, 4, 6), True): 50, ((3, 4, 23), True): 101, ((3, 8, 36), True): 152,
-            ((3, 4, 6), False): 34, ((2, 2, 2), False): 18}.get((blocks, bottleneck))
 
 
 def _check_rpn(sd: Mapping, arch: str) -> Optional[str]:
@@ -131,14 +123,53 @@ def _check_rpn(sd: Mapping, arch: str) -> Optional[str]:
                                                   for k in body) if m}) for i in range(1, 5))
         if (layers, body["conv1.weight"].shape[0] * 2) != (tuple(want.layers), want.width):
             return f"its backbone is {describe_tower(body, '')}"
-    elif _resnet_depth(body) != int(depth):
+    elif resnet_depth(body) != int(depth):
         return f"its backbone is {describe_tower(backbone, '')}"
     return None
 
 
+def _check_embeddings(sd: Mapping, config: CLIPConfig, rows: Optional[int]) -> Optional[str]:
+    tensor = sd.get("")
+    if tensor is None:
+        return "it is a checkpoint, not one tensor"
+    shape = tuple(tensor.shape)
+    if len(shape) != 2 or shape[1] != config.embed_dim or (rows and shape[0] != rows):
+        return f"its tensor has shape {shape}"
+    if not tensor.is_floating_point():
+        return f"its tensor is {tensor.dtype}, not floating point"
+    return None
+
+
+def _check_towers(sd: Mapping, kind: str, config: CLIPConfig) -> Optional[str]:
+    """None if ``sd`` is a ``clip``, ``pretrained`` or ``detector`` file of ``config``."""
+    if "" in sd:
+        return "it holds one tensor, not a checkpoint"
+    image, text = ("visual.", "") if kind == "clip" else ("backbone.", "lang_encoder.")
+    if kind == "clip":
+        visual, text_sd = split_clip_state_dict(sd)
+    else:
+        visual, text_sd = _strip(sd, image), _strip(sd, text)
+    if kind == "pretrained" and not text_sd:
+        return "it has no lang_encoder.* (text encoder) tensors"
+    if kind == "detector" and BOX_REGRESSOR not in sd:
+        return f"it has no {BOX_REGRESSOR} (trained box regressor)"
+    if not _visual_fits(visual, config):
+        return f"its image tower ({image}*) is {describe_tower(sd, image)}"
+    if kind != "detector" and not _text_fits(text_sd, config):
+        return f"its text tower is {describe_tower(text_sd, '')}"
+    return None
+
+
+EXPECTED = {"clip": "OpenAI CLIP weights",
+            "pretrained": "a RegionCLIP pretrained checkpoint (backbone.* and lang_encoder.*)",
+            "detector": "a RegionCLIP detector checkpoint (backbone.* and "
+                        "roi_heads.box_predictor.*)"}
+
+
 def check_file(path: str, kind: str, arch, rows: Optional[int] = None,
-               name: Optional[str] = None) -> None:
-    """Raise :class:`WrongFileError` unless ``path`` is a ``kind`` file of architecture ``arch``.
+               name: Optional[str] = None, rpn_arch: Optional[str] = None) -> Dict:
+    """Raise :class:`WrongFileError` unless ``path`` is a ``kind`` file of architecture ``arch``
+    (:func:`read_shapes`, then :func:`check_state_dict`).
 
     Args:
         path (str): the file.
@@ -147,6 +178,11 @@ def check_file(path: str, kind: str, arch, rows: Optional[int] = None,
             RPN architecture string (``rpn``, e.g. ``"R50-FPN"``).
         rows (int or None): ``embeddings``: the number of rows (classes) expected.
         name (str or None): what the file is for (e.g. the model's name), for messages.
+        rpn_arch (str or None): ``pretrained`` / ``detector``: the file must also hold an offline
+            RPN (``offline_backbone.*``, ``offline_proposal_generator.*``) of this architecture.
+
+    Returns:
+        dict: the file's tensors by key (memory mapped; see :func:`read_shapes`).
 
     Raises:
         WrongFileError: naming the file, the expectation and what the file looks like.
@@ -155,45 +191,33 @@ def check_file(path: str, kind: str, arch, rows: Optional[int] = None,
     if kind not in KINDS:
         raise ValueError(f"unknown file kind {kind!r}; expected one of {KINDS}")
     sd = read_shapes(path)
-    for_ = f" for {name}" if name else ""
+    check_state_dict(sd, path, kind, arch, rows, name, rpn_arch)
+    return sd
+
+
+def check_state_dict(sd: Mapping, path: str, kind: str, arch, rows: Optional[int] = None,
+                     name: Optional[str] = None, rpn_arch: Optional[str] = None) -> None:
+    """:func:`check_file` of the tensors ``sd`` already read from ``path``."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown file kind {kind!r}; expected one of {KINDS}")
     if kind == "rpn":
         expected = f"an offline RPN checkpoint ({arch})"
         problem = _check_rpn(sd, arch)
     elif kind == "embeddings":
-        dim = arch.embed_dim
-        expected = f"an embedding file: one tensor ({rows if rows else 'N'}, {dim})"
-        tensor = sd.get("")
-        shape = tuple(tensor.shape) if tensor is not None else None
-        if shape is None:
-            problem = "it is a checkpoint, not one tensor"
-        elif len(shape) != 2 or shape[1] != dim or (rows and shape[0] != rows):
-            problem = f"its tensor has shape {shape}"
-        elif not tensor.is_floating_point():
-            problem = f"its tensor is {tensor.dtype}, not floating point"
-        else:
-            problem = None
+        expected = f"an embedding file: one tensor ({rows if rows else 'N'}, {arch.embed_dim})"
+        problem = _check_embeddings(sd, arch, rows)
     else:
-        expected = {"clip": "OpenAI CLIP weights", "pretrained": "a RegionCLIP pretrained "
-                    "checkpoint (backbone.* and lang_encoder.*)", "detector": "a RegionCLIP "
-                    "detector checkpoint (backbone.* and roi_heads.box_predictor.*)"}[kind]
-        expected += f" of {_arch_name(arch)}"
-        if kind == "clip":
-            visual, text = split_clip_state_dict(sd)
-        else:
-            visual, text = _strip(sd, "backbone."), _strip(sd, "lang_encoder.")
-        if "" in sd:
-            problem = "it holds one tensor, not a checkpoint"
-        elif kind == "pretrained" and not text:
-            problem = "it has no lang_encoder.* (text encoder) tensors"
-        elif kind == "detector" and BOX_REGRESSOR not in sd:
-            problem = f"it has no {BOX_REGRESSOR} (trained box regressor)"
-        elif not _visual_fits(visual, arch):
-            problem = "its image tower does not fit"
-        elif kind != "detector" and not _text_fits(text, arch):
-            problem = "its text tower does not fit"
-        else:
-            problem = None
+        expected = f"{EXPECTED[kind]} of {_arch_name(arch)}"
+        problem = _check_towers(sd, kind, arch)
+        if problem is None and rpn_arch is not None:
+            expected += f" holding an offline RPN ({rpn_arch})"
+            offline = {k[len("offline_"):]: v for k, v in sd.items() if k.startswith("offline_")}
+            problem = _check_rpn(offline, rpn_arch)
+            if problem:
+                problem = problem.replace("proposal_generator.*", "offline_proposal_generator.*")
+                problem = problem.replace("its backbone", "its offline_backbone")
     if problem:
+        for_ = f" for {name}" if name else ""
         raise WrongFileError(f"{path} is not {expected}{for_}: {problem}; it looks like "
                              f"{_looks_like(sd)}. Check that the file under this name is the "
                              f"right one (see pretrained_ckpt/README.md).")

@@ -17,7 +17,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 from regionclip.clip.model import PRESETS
 
 __all__ = ["BACKBONE_PREFIXES", "CLASSIFIER_TABLES", "drop_classifier_named_by_config",
-           "describe_tower", "check_backbone_shapes"]
+           "describe_tower", "resnet_depth", "check_backbone_shapes"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +79,21 @@ def _describe_clip_resnet(sd: Mapping) -> Optional[str]:
     return text
 
 
+def resnet_depth(sd: Mapping) -> Optional[int]:
+    """Depth of the detectron2 ResNet of ``sd`` (keys ``res2.*`` ...), from its res2-res4 blocks
+    (res5 may be in the ROI heads, as in C4 models) and its block type; None if unknown."""
+    blocks = tuple(_blocks(sd, rf"res{i}\.(\d+)\.") for i in (2, 3, 4))
+    bottleneck = any(".conv3." in k for k in sd)
+    return {((3, 4, 6), True): 50, ((3, 4, 23), True): 101, ((3, 8, 36), True): 152,
+            ((3, 4, 6), False): 34, ((2, 2, 2), False): 18}.get((blocks, bottleneck))
+
+
 def _describe_detectron2_resnet(sd: Mapping) -> Optional[str]:
     if "stem.conv1.weight" not in sd:
         return None
     blocks = [_blocks(sd, rf"res{i}\.(\d+)\.") for i in range(2, 6)]
-    depth = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}.get(tuple(blocks))
-    kind = f"ResNet-{depth}" if depth else f"a ResNet with blocks {blocks}"
+    depth = resnet_depth(sd)
+    kind = f"ResNet-{depth}" if depth else f"ResNet with blocks {blocks}"
     stages = [f"res{i}" for i, n in zip(range(2, 6), blocks) if n]
     return f"a detectron2 {kind} (stages {', '.join(stages) or 'none'})"
 
