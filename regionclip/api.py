@@ -1,15 +1,19 @@
 """Python API: zero-shot region recognition and detection with a few lines of code.
 
     from regionclip import RegionCLIP
+    rc = RegionCLIP.from_pretrained("regionclip_pretrained-cc_rn50")  # files in ./pretrained_ckpt
+    dets = rc.detect("image.jpg", ["cat", "remote control", "sofa"])
+
+or, from a config (a file or the name of a packaged one) and a checkpoint::
+
     rc = RegionCLIP.from_config(
-        "configs/LVISv1-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_custom_img.yaml",
+        "LVISv1-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_custom_img.yaml",
         weights="pretrained_ckpt/regionclip/regionclip_pretrained-cc_rn50.pth",
         opts=["MODEL.CLIP.OFFLINE_RPN_CONFIG",
-              "configs/LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"])
-    dets = rc.detect("image.jpg", ["cat", "remote control", "sofa"])
+              "LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"])
 """
 import logging
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -20,7 +24,7 @@ from PIL import Image
 
 from detectron2_ext.utils import resolve_device
 
-from .checkpoint import load_model_weights
+from .checkpoint import load_model_weights, load_text_encoder_weights
 from .clip.prompts import check_templates, ensemble_text_embeddings
 from .config import load_config
 from .engine.checks import require_weights
@@ -31,6 +35,7 @@ from .inputs import (
     resize_to_min_side,
     unique_names,
 )
+from .model_zoo import resolve_model
 from .modeling.roi_heads import region_embeddings
 
 __all__ = ["RegionCLIP", "crop_and_resize", "read_rgb_image"]
@@ -91,7 +96,9 @@ class RegionCLIP:
         embedding files without running code stored in them (docs/RELIABILITY.md).
 
         Args:
-            config_file (str): a CLIPFastRCNN yaml (e.g. one of configs/*/CLIP_fast_rcnn_*.yaml).
+            config_file (str): a CLIPFastRCNN yaml (e.g. one of configs/*/CLIP_fast_rcnn_*.yaml),
+                or the name of a config packaged with regionclip (e.g.
+                ``"LVISv1-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_custom_img.yaml"``).
             weights (str or None): checkpoint for ``MODEL.WEIGHTS`` (RegionCLIP, detectron2 or
                 OpenAI CLIP file); None keeps the config's.
             opts (sequence): ``KEY VALUE`` overrides, as on the command line.
@@ -101,6 +108,11 @@ class RegionCLIP:
             random_weights (bool): allow a model without weights (no ``weights`` and an empty
                 ``MODEL.WEIGHTS``); otherwise that is an error.
         """
+        return cls._build(cls._config(config_file, weights, opts, device, random_weights))
+
+    @staticmethod
+    def _config(config_file, weights, opts, device, random_weights):
+        """The frozen config of :meth:`from_config`."""
         cfg = load_config(config_file, opts, cpu_fallback=device is None)
         if cfg.MODEL.META_ARCHITECTURE != "CLIPFastRCNN":
             raise ValueError(f"RegionCLIP needs a CLIPFastRCNN config; {config_file} builds "
@@ -112,9 +124,17 @@ class RegionCLIP:
         resolve_device(cfg.MODEL.DEVICE, "device" if device is not None else "MODEL.DEVICE")
         cfg.MODEL.CLIP.GET_CONCEPT_EMB = True  # the text encoder makes vocabularies on the fly
         cfg.freeze()
+        return cfg
+
+    @classmethod
+    def _build(cls, cfg, text_encoder: Optional[str] = None) -> "RegionCLIP":
+        """The model of the frozen ``cfg`` with its weights (and the text tower of
+        ``text_encoder``, when given, loaded after them)."""
         model = build_model(cfg)
         before = {k: v.clone() for k, v in model.lang_encoder.state_dict().items()}
         load_model_weights(cfg, model)
+        if text_encoder is not None:
+            load_text_encoder_weights(model, text_encoder)
         after = model.lang_encoder.state_dict()
         text_loaded = any(not torch.equal(before[k], after[k]) for k in before)
         if not text_loaded:
@@ -122,6 +142,36 @@ class RegionCLIP:
                            "detect() with a vocabulary are unavailable", cfg.MODEL.WEIGHTS)
         model.eval()
         return cls(cfg, model, text_encoder_loaded=text_loaded)
+
+    @classmethod
+    def from_pretrained(cls, name: str, device: Optional[str] = None,
+                        folder: Optional[str] = None, opts: Sequence = (),
+                        sha256: Optional[Mapping[str, str]] = None) -> "RegionCLIP":
+        """A released RegionCLIP model by name (:func:`regionclip.list_models`), from local files.
+
+        Every file the model needs is looked up in ``folder`` first (``<folder>/<sub-folder>/
+        <file>`` as in the original's ``pretrained_ckpt/``, or ``<folder>/<file>``) and checked
+        before anything is built: a missing file is an error naming it and where to put it; a
+        file whose keys and shapes are not those of the named model (another architecture, a
+        detector under a pretrained model's name, a truncated download), or whose SHA256 differs
+        from a registered one, is an error naming the file (:mod:`regionclip.model_zoo`).
+
+        Args:
+            name (str): e.g. ``"regionclip_pretrained-cc_rn50"``.
+            device (str or None): as in :meth:`from_config`.
+            folder (str or None): the files' folder (default ``./pretrained_ckpt``).
+            opts (sequence): further ``KEY VALUE`` overrides, after the model's own.
+            sha256 (mapping or None): file name -> SHA256 hex digest to check (see also
+                :func:`regionclip.model_zoo.register_hash`).
+
+        Raises:
+            KeyError: unknown name. FileNotFoundError: a missing file. ValueError: a wrong file.
+        """
+        resolved = resolve_model(name, folder, sha256)
+        cfg = cls._config(resolved.model.config, None, resolved.opts + list(opts), device, False)
+        rc = cls._build(cfg, resolved.text_encoder)
+        logger.info("%s: %s", name, resolved.model.about)
+        return rc
 
     @property
     def device(self):

@@ -21,14 +21,14 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .checkpoint.file_checks import check_file, read_shapes
+from .checkpoint.file_checks import check_file, check_state_dict
 from .modeling.clip_arch import resolve_clip_arch
 
-__all__ = ["ZooFile", "ZooModel", "ResolvedModel", "list_models", "get_model", "register_model",
-           "register_file", "register_hash", "find_file", "check_zoo_file", "resolve_model",
-           "DEFAULT_FOLDER", "HASHES_FILE"]
+__all__ = ["ZooFile", "ZooModel", "ResolvedModel", "list_models", "list_files", "get_model",
+           "get_file", "register_model", "register_file", "register_hash", "find_file",
+           "check_zoo_file", "resolve_model", "models_markdown", "DEFAULT_FOLDER", "HASHES_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,7 @@ class ResolvedModel:
     rpn: Optional[str]
     text_encoder: Optional[str]
     opts: List[str] = field(default_factory=list)
+    embeddings: Dict[str, str] = field(default_factory=dict)
 
 
 _FILES: Dict[str, ZooFile] = {}
@@ -126,19 +127,32 @@ def register_model(model: ZooModel, files: Sequence[ZooFile] = ()) -> None:
     _MODELS[model.name] = model
 
 
-def register_hash(filename: str, sha256: str) -> None:
-    """Check the file ``filename`` (a file name, as in the zoo) against this SHA256 hex digest
-    whenever a model uses it."""
+def _digest(filename: str, sha256: str, where: str) -> str:
     digest = str(sha256).strip().lower()
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise ValueError(f"register_hash({filename!r}, ...): expected a SHA256 hex digest of 64 "
-                         f"characters, got {sha256!r}")
-    _HASHES[os.path.basename(filename)] = digest
+        raise ValueError(f"{where}: the SHA256 of {filename!r} must be 64 hex digits, got "
+                         f"{sha256!r}")
+    return digest
+
+
+def register_hash(filename: str, sha256: Optional[str]) -> None:
+    """Check the file ``filename`` (its name in the zoo, e.g. ``rpn_lvis_866.pth``) against this
+    SHA256 hex digest whenever a model uses it; None removes the registered digest."""
+    filename = os.path.basename(filename)
+    if sha256 is None:
+        _HASHES.pop(filename, None)
+    else:
+        _HASHES[filename] = _digest(filename, sha256, "register_hash")
 
 
 def list_models() -> List[str]:
     """Names accepted by :meth:`regionclip.RegionCLIP.from_pretrained`."""
     return sorted(_MODELS)
+
+
+def list_files() -> List[str]:
+    """File names the zoo knows (checkpoints, RPNs, embedding files, CLIP weights)."""
+    return sorted(_FILES)
 
 
 def get_model(name: str) -> ZooModel:
@@ -149,23 +163,31 @@ def get_model(name: str) -> ZooModel:
     return _MODELS[name]
 
 
+def get_file(filename: str) -> ZooFile:
+    """The zoo entry of the file ``filename``."""
+    if filename not in _FILES:
+        raise KeyError(f"unknown file {filename!r}; regionclip.model_zoo.list_files() gives "
+                       f"{list_files()}")
+    return _FILES[filename]
+
+
 def _folder(folder: Optional[str]) -> str:
-    return os.path.abspath(folder if folder is not None else DEFAULT_FOLDER)
+    return os.path.abspath(os.fspath(folder) if folder is not None else DEFAULT_FOLDER)
 
 
 def find_file(filename: str, folder: Optional[str] = None) -> Tuple[Optional[str], str]:
     """``(path or None, where it belongs)``: ``<folder>/<sub-folder>/<filename>`` or
     ``<folder>/<filename>``."""
     root = _folder(folder)
-    file = _FILES[filename]
-    place = os.path.join(root, file.folder, filename)
+    place = os.path.join(root, get_file(filename).folder, filename)
     for path in (place, os.path.join(root, filename)):
         if os.path.isfile(path):
             return path, place
     return None, place
 
 
-def _digests(folder: str) -> Dict[str, str]:
+def _digests(folder: str, sha256: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """Registered digests, then ``<folder>/hashes.json``, then ``sha256`` (later ones win)."""
     digests = dict(_HASHES)
     path = os.path.join(folder, HASHES_FILE)
     if os.path.isfile(path):
@@ -175,8 +197,11 @@ def _digests(folder: str) -> Dict[str, str]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path} is not valid json: {e}") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of file names to SHA256 digests")
-        digests.update({os.path.basename(k): str(v).lower() for k, v in data.items()})
+            raise ValueError(f"{path}: expected a mapping of file names to SHA256 digests, got "
+                             f"{type(data).__name__}")
+        digests.update({os.path.basename(k): _digest(k, v, path) for k, v in data.items()})
+    for k, v in (sha256 or {}).items():
+        digests[os.path.basename(k)] = _digest(k, v, "sha256")
     return digests
 
 
@@ -189,24 +214,30 @@ def _sha256(path: str) -> str:
 
 
 def check_zoo_file(path: str, filename: Optional[str] = None, folder: Optional[str] = None,
-                   name: Optional[str] = None) -> None:
-    """Check ``path`` against the zoo file ``filename`` (default: its own name): its registered
-    SHA256 (:func:`register_hash` or ``hashes.json`` of ``folder``), then its keys and shapes.
+                   name: Optional[str] = None,
+                   sha256: Optional[Mapping[str, str]] = None) -> Dict:
+    """Check ``path`` against the zoo file ``filename`` (default: its own name): its SHA256 when
+    one is registered (:func:`register_hash`, ``hashes.json`` of ``folder`` or ``sha256``), then
+    its keys and shapes (:func:`regionclip.checkpoint.file_checks.check_file`).
+
+    Returns:
+        dict: the file's tensors by key (memory mapped).
 
     Raises:
         ValueError (WrongFileError, CheckpointFileError): naming the file.
     """
     filename = filename or os.path.basename(path)
-    file = _FILES[filename]
-    expected = _digests(_folder(folder)).get(filename)
+    file = get_file(filename)
+    expected = _digests(_folder(folder), sha256).get(filename)
     if expected:
         found = _sha256(path)
         if found != expected:
             raise ValueError(f"{path}: SHA256 {found} differs from the registered {expected} "
                              f"(a damaged or different file); replace it with the released "
                              f"{filename}")
+        logger.info("%s: SHA256 as registered", path)
     arch = file.arch if file.kind == "rpn" else resolve_clip_arch(file.arch, 0)
-    check_file(path, file.kind, arch, rows=file.rows, name=name or filename)
+    return check_file(path, file.kind, arch, rows=file.rows, name=name or filename)
 
 
 def _missing_message(name: str, missing: List[Tuple[str, str, str]], folder: str) -> str:
@@ -215,9 +246,21 @@ def _missing_message(name: str, missing: List[Tuple[str, str, str]], folder: str
             + f"\nDownload them from {SOURCE}; or pass folder=... where they are.")
 
 
-def resolve_model(name: str, folder: Optional[str] = None) -> ResolvedModel:
+def resolve_model(name: str, folder: Optional[str] = None,
+                  sha256: Optional[Mapping[str, str]] = None,
+                  embeddings: bool = False) -> ResolvedModel:
     """Find and check every file model ``name`` needs in ``folder`` (default
-    ``./pretrained_ckpt``); nothing is loaded.
+    ``./pretrained_ckpt``); nothing is loaded into a model.
+
+    Args:
+        name (str): one of :func:`list_models`.
+        folder (str or None): where the files are (``<folder>/<sub-folder>/<file>`` or
+            ``<folder>/<file>``).
+        sha256 (mapping or None): file name -> SHA256 hex digest, checked (with those of
+            :func:`register_hash` and ``<folder>/hashes.json``).
+        embeddings (bool): also find and check the embedding files of the original's evaluation
+            of this model, and add their config keys to ``opts`` (for ``tools/train_net.py``);
+            :class:`~regionclip.RegionCLIP` needs none.
 
     Raises:
         KeyError: unknown name.
@@ -229,31 +272,58 @@ def resolve_model(name: str, folder: Optional[str] = None) -> ResolvedModel:
     weights, weights_place = find_file(model.weights, root)
     rpn, rpn_place = find_file(model.rpn, root)
     text = find_file(model.text_encoder, root) if model.text_encoder else (None, None)
+    emb = {key: find_file(filename, root) + (filename,) for key, filename in model.embeddings} \
+        if embeddings else {}
     missing = []
     if weights is None:
         missing.append((model.weights, "MODEL.WEIGHTS", weights_place))
     if model.text_encoder and text[0] is None:
         missing.append((model.text_encoder, "its text encoder", text[1]))
+    missing += [(filename, key, place) for key, (path, place, filename) in emb.items()
+                if path is None]
     if missing:  # the RPN is reported with them (it may be needed)
         if rpn is None:
             missing.append((model.rpn, "MODEL.CLIP.BB_RPN_WEIGHTS, unless the weights file holds "
                             "the RPN", rpn_place))
         raise FileNotFoundError(_missing_message(name, missing, root))
-    check_zoo_file(weights, model.weights, root, name)
+    shapes = check_zoo_file(weights, model.weights, root, name, sha256)
     if rpn is not None:
-        check_zoo_file(rpn, model.rpn, root, name)
-    elif any(k.startswith("offline_proposal_generator.") for k in read_shapes(weights)):
+        check_zoo_file(rpn, model.rpn, root, name, sha256)
+    elif any(k.startswith("offline_proposal_generator.") for k in shapes):
+        # the released checkpoints hold the offline RPN: it must be the one the model names
+        file = get_file(model.weights)
+        check_state_dict(shapes, weights, file.kind, resolve_clip_arch(file.arch, 0), name=name,
+                         rpn_arch=get_file(model.rpn).arch)
         logger.info("%s: no %s; the offline RPN of %s is used", name, rpn_place, weights)
     else:
         raise FileNotFoundError(_missing_message(name, [(
             model.rpn, f"MODEL.CLIP.BB_RPN_WEIGHTS: {os.path.basename(weights)} holds no RPN",
             rpn_place)], root))
     if text[0] is not None:
-        check_zoo_file(text[0], model.text_encoder, root, name)
-    opts = ["MODEL.CLIP.OFFLINE_RPN_CONFIG", model.rpn_config,
+        check_zoo_file(text[0], model.text_encoder, root, name, sha256)
+    for key, (path, _, filename) in emb.items():
+        check_zoo_file(path, filename, root, name, sha256)
+    opts = ["MODEL.WEIGHTS", weights, "MODEL.CLIP.OFFLINE_RPN_CONFIG", model.rpn_config,
             "MODEL.CLIP.BB_RPN_WEIGHTS", rpn or ""]
+    for key in ("MODEL.CLIP.TEXT_EMB_PATH", "MODEL.CLIP.OPENSET_TEST_TEXT_EMB_PATH"):
+        opts += [key, emb[key][0] if key in emb else ""]
     opts += list(model.opts)
-    return ResolvedModel(model, weights, rpn, text[0], opts)
+    return ResolvedModel(model, weights, rpn, text[0], opts,
+                         {key: path for key, (path, _, _) in emb.items()})
+
+
+def models_markdown() -> str:
+    """The table of the zoo's models (docs/MODEL_ZOO.md holds it)."""
+    rows = ["| name | config | weights | offline RPN | text encoder | embedding files (original's "
+            "evaluation) |", "|---|---|---|---|---|---|"]
+    for name in list_models():
+        m = _MODELS[name]
+        files = ", ".join(f"`{f}`" for _, f in m.embeddings) or "-"
+        rows.append(f"| `{name}` | `{m.config}` | `{_FILES[m.weights].folder}/{m.weights}` | "
+                    f"`{_FILES[m.rpn].folder}/{m.rpn}` with `{m.rpn_config}` | "
+                    + (f"`{_FILES[m.text_encoder].folder}/{m.text_encoder}`" if m.text_encoder
+                       else "its own") + f" | {files} |")
+    return "\n".join(rows) + "\n"
 
 
 from . import model_zoo_entries  # noqa: E402,F401  (registers the released files and models)
