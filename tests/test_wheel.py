@@ -91,6 +91,7 @@ _SCRIPT = textwrap.dedent("""
     loaded = {name: getattr(module, "__file__", None) or "" for name, module in sys.modules.items()
               if name.split(".")[0] in ("regionclip", "detectron2_ext")}
     print(json.dumps({"file": regionclip.__file__, "loaded": loaded, "detections": detections,
+                      "models": regionclip.list_models(),
                       "text_encoder": rc.text_encoder_loaded,
                       "packaged": [find_config_file(packaged), find_config_file(rpn)],
                       "packaged_detections": packaged_detections,
@@ -140,6 +141,10 @@ def test_wheel_installs_and_runs_regionclip_without_the_checkout(tmp_path):
     packaged = sorted(n[len("regionclip/configs/"):] for n in names
                       if n.startswith("regionclip/configs/"))
     assert packaged == _yaml_files(os.path.join(REPO, "configs"))  # every config of the checkout
+    with zipfile.ZipFile(wheel) as zf:  # ... as it is in the checkout
+        changed = [n for n in packaged if zf.read("regionclip/configs/" + n)
+                   != open(os.path.join(REPO, "configs", n), "rb").read()]
+    assert not changed, changed
     config, opts, weights = _write_standalone_configs(str(work))
     assert REPO not in open(config).read() and "_BASE_" not in open(config).read()
     # the installed copy comes first on the path, before the editable install of the checkout
@@ -153,6 +158,7 @@ def test_wheel_installs_and_runs_regionclip_without_the_checkout(tmp_path):
     outside = {k: v for k, v in result["loaded"].items() if not v.startswith(str(site))}
     assert result["loaded"] and not outside, outside  # no module of the checkout was imported
     assert result["text_encoder"]
+    assert "regionclip_pretrained-cc_rn50" in result["models"]  # the zoo is in the wheel
     detections = result["detections"]
     assert detections, "a random detector with threshold 0 returns boxes"
     for det in detections:
@@ -177,6 +183,9 @@ def test_packaged_configs_are_the_checkouts_configs(tmp_path, monkeypatch):
     from regionclip.yaml_config import find_config_file, packaged_configs, packaged_configs_dir
 
     root = packaged_configs_dir()
+    # one copy in the checkout: the package's folder is the link regionclip/configs -> ../configs
+    assert os.path.islink(os.path.join(REPO, "regionclip", "configs"))
+    assert os.path.realpath(root) == os.path.realpath(os.path.join(REPO, "configs"))
     assert packaged_configs() == _yaml_files(os.path.join(REPO, "configs")) != []
     for name in packaged_configs():
         with open(os.path.join(root, name), "rb") as a, \
