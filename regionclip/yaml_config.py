@@ -43,9 +43,12 @@ def packaged_configs() -> List[str]:
 def find_config_file(name: str) -> str:
     """``name`` itself if it is a file; else the packaged config of that name (a leading
     ``./`` and ``configs/`` are ignored, so the original's ``./configs/...`` paths work from any
-    folder); else ``name`` unchanged (readers then report it missing)."""
+    folder); else ``name`` unchanged (readers then report it missing; an unset name, None or
+    "", too)."""
+    if not name:
+        return name
     name = os.fspath(name)
-    if not name or os.path.isfile(name):
+    if os.path.isfile(name):
         return name
     relative = name.replace("\\", "/")
     for prefix in ("./", "configs/"):

@@ -196,6 +196,7 @@ def test_packaged_configs_are_the_checkouts_configs(tmp_path, monkeypatch):
     for given in (name, "configs/" + name, "./configs/" + name):
         assert find_config_file(given) == os.path.join(root, name)
     assert find_config_file("no/such.yaml") == "no/such.yaml"  # left for the reader to report
+    assert find_config_file(None) is None and find_config_file("") == ""  # unset keys
     (tmp_path / "configs").mkdir()  # a file of that name in the working folder comes first
     (tmp_path / "configs" / "mine.yaml").write_text("MODEL: {}\n")
     assert find_config_file("configs/mine.yaml") == "configs/mine.yaml"
