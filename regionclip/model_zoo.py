@@ -12,9 +12,11 @@ checked when one is registered, and its keys and shapes are checked against what
 name promises (:mod:`regionclip.checkpoint.file_checks`): an RN50x4 file under an RN50 name, a
 detector under a pretrained name, a truncated file are errors naming the file.
 
-SHA256 digests: :func:`register_hash`, or a ``hashes.json`` in the folder mapping file names to
-hex digests (``{"regionclip_pretrained-cc_rn50.pth": "9f86d0..."}``). The original authors
-publish no digests, so none are built in.
+SHA256 digests: :func:`register_hash`, a ``hashes.json`` in the folder mapping file names to
+hex digests (``{"regionclip_pretrained-cc_rn50.pth": "9f86d0..."}``), or the ``sha256=`` argument
+of :func:`resolve_model` / ``from_pretrained``. The original authors publish no digests, so none
+are built in. The table of released files and models is :mod:`regionclip.model_zoo_entries`;
+:func:`register_model` adds one's own. docs/MODEL_ZOO.md documents all of it.
 """
 import hashlib
 import json
