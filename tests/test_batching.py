@@ -138,3 +138,13 @@ def test_demo_on_a_folder_runs_in_batches(world, monkeypatch, tmp_path):
         demo.run(["--input", folder, "--vocabulary", "cat", "--output", str(tmp_path / "x"),
                   "--config-file", CUSTOM, "--weights", world["weights"], "--batch-size", "0",
                   "--opts"] + world["opts"])
+
+
+def test_benchmark_row_batched_against_one_by_one(world):
+    from regionclip.benchmark_rows import batched_throughput
+
+    row = batched_throughput(world["rc"], VOCAB, num_images=3, size=96, batch_size=2)
+    assert row["images"] == 3 and row["image_size"] == "96x128" and row["batch_size"] == 2
+    assert row["batched_img_per_s"] > 0 and row["one_by_one_img_per_s"] > 0
+    assert row["speedup"] == pytest.approx(row["batched_img_per_s"] / row["one_by_one_img_per_s"])
+    assert row["max_score_diff"] <= 1e-4 and row["max_box_diff_px"] <= 1e-3

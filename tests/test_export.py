@@ -239,3 +239,12 @@ def test_settings_that_do_not_export_are_clear_errors(world, capsys, extra, opts
     assert export_model.main(argv + world["opts"] + opts) == 1
     assert message in capsys.readouterr().err
     assert not os.path.exists(world["root"] / "bad" / "model.onnx")
+
+
+def test_benchmark_row_onnxruntime_against_pytorch(world, zero_shot):
+    from regionclip.benchmark_rows import onnx_latency
+
+    row = onnx_latency(zero_shot[2], VOCAB, size=96, repeats=1)
+    assert row["input_size"] == "96x128" and row["detections"] > 0
+    assert row["pytorch_ms"] > 0 and row["onnxruntime_ms"] > 0
+    assert row["max_score_diff"] <= 1e-4 and row["max_box_diff_px"] <= 0.01
