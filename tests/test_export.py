@@ -2,6 +2,7 @@
 the export folder runs without PyTorch; settings that do not export are clear errors."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -94,26 +95,30 @@ def assert_same_dets(a, b):
 
 @pytest.fixture(scope="module")
 def zero_shot(world):
-    """The custom-image config: offline-RPN regions, RPN-score fusion, VIS; names fixed."""
+    """The custom-image config: offline-RPN regions, RPN-score fusion, VIS; the vocabulary an
+    input (VOCAB by default)."""
     # the RPN's NMS leaves fewer regions than the top-k: their number depends on the image
-    return _export(world, CUSTOM, "zero_shot", ["--vocabulary", ",".join(VOCAB)],
+    return _export(world, CUSTOM, "zero_shot", ["--vocabulary", ",".join(VOCAB),
+                                                 "--open-vocabulary"],
                    opts=["MODEL.CLIP.OFFLINE_RPN_POST_NMS_TOPK_TEST", "1000",
                          "MODEL.CLIP.OFFLINE_RPN_NMS_THRESH", "0.3"])
 
 
 def test_zero_shot_rpn_onnx_equals_pytorch(world, zero_shot):
     out, info, rc = zero_shot
-    assert info["inputs"] == ["image"] and info["class_names"] == VOCAB
-    assert info["multiply_rpn_score"] and not info["open_vocabulary"]
+    assert info["inputs"] == ["image", "class_embeddings"] and info["class_names"] == VOCAB
+    assert info["multiply_rpn_score"] and info["open_vocabulary"]
     run = _session(out, info)
     emb = rc.encode_text(VOCAB)
+    np.testing.assert_allclose(np.load(os.path.join(out, "class_embeddings.npy")), emb.numpy())
     results, regions = {}, set()
     for image in world["images"]:  # traced on the first; the others have other sizes
         inputs, _, inst = _pytorch(rc, image, emb)
         assert len(inst) > 0
         with torch.no_grad():
             regions.add(len(rc.model.get_proposals([inputs])[0]))
-        results[image] = run({"image": inputs["image"].numpy()}), inst
+        results[image] = run({"image": inputs["image"].numpy(),
+                              "class_embeddings": emb.numpy()}), inst
         assert_same_detections(*results[image])
     assert len(regions) == len(world["images"])  # not the sample's number of regions
     # negative control: the comparison tells two images apart
@@ -123,6 +128,29 @@ def test_zero_shot_rpn_onnx_equals_pytorch(world, zero_shot):
     det = _runner(out)
     for image in world["images"][1:]:
         assert_same_dets(det.detect(image), rc.detect(image, VOCAB))
+    other = ["red square", "cat"]  # a vocabulary made at run time by the text graph
+    assert_same_dets(det.detect(image, other), rc.detect(image, other))
+
+
+def test_the_deploy_doc_example_gives_detect_results(world, zero_shot):
+    """docs/DEPLOY.md's onnxruntime example, run with PyTorch blocked."""
+    out, _, rc = zero_shot
+    image, vocab = world["images"][2], ["red square", "dog"]
+    with open(os.path.join(REPO, "docs", "DEPLOY.md")) as f:
+        (code,) = [b for b in re.findall(r"```python\n(.*?)```", f.read(), re.S)
+                   if "FOLDER = " in b]
+    for pattern, value in [(r'FOLDER = "[^"]*"', f"FOLDER = {out!r}"),
+                           (r'IMAGE = "[^"]*"', f"IMAGE = {image!r}"),
+                           (r"VOCABULARY = \[[^\]]*\]", f"VOCABULARY = {vocab!r}")]:
+        code, count = re.subn(pattern, lambda _: value, code)
+        assert count == 1, pattern
+    code = ("import sys\nsys.modules['torch'] = None\n" + code
+            + "\nprint('@@' + json.dumps(detections))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=""), cwd=out)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("@@")]
+    assert_same_dets(json.loads(line[2:]), rc.detect(image, vocab))
 
 
 def test_transfer_config_with_masks_onnx_equals_pytorch(world):
