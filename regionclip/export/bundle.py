@@ -25,7 +25,7 @@ from ..clip.prompts import PROMPT_TEMPLATES, check_templates
 from ..inputs import MIN_SIDE, read_rgb_image
 from ..version import __version__
 from . import runtime
-from .detector import FORMATS, OPSET, export_detector, sample_image
+from .detector import FORMATS, OPSET, check_exportable, export_detector, sample_image
 from .text import export_text_encoder
 
 __all__ = ["export_model", "MODEL_FILES", "TEXT_FILES"]
@@ -73,6 +73,7 @@ def export_model(rc, output_dir: str, fmt: str = "onnx", image=None,
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    check_exportable(rc)  # before anything is written
     templates = list(check_templates(templates)) if templates is not None else None
     emb, names = None, None
     if vocabulary is not None:

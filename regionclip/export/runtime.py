@@ -12,7 +12,8 @@ and ``regex``)::
     det.detect("photo.jpg", ["cat", "sofa"])        # --open-vocabulary exports: any names
     det.detect("photo.jpg", boxes=[[10, 20, 200, 240]])   # ground-truth-box exports
 
-It does what ``RegionCLIP.detect`` does around the graph: reads the image (EXIF orientation),
+It does what ``RegionCLIP.detect`` does around the graph: reads the image (EXIF orientation;
+16-bit files go through Pillow's ``convert("RGB")``, which RegionCLIP replaces by a scaling),
 resizes it as detectron2's ``ResizeShortestEdge`` (Pillow bilinear), runs the graph, and maps the
 boxes back to the image's pixels (scaled, clipped, empty boxes dropped).
 """
