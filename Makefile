@@ -1,6 +1,6 @@
 # One command to install, one to test. Every target bootstraps itself on a fresh clone.
-#   make install   create .venv with torch, detectron2 and this project (editable, test extras),
-#                  and the toy-world project projects/toyworld (editable)
+#   make install   create .venv with torch, detectron2 and this project (editable, test and
+#                  export extras), and the toy-world project projects/toyworld (editable)
 #   make lint      ruff check (lint and import order, settings in pyproject.toml)
 #   make test      install if needed, then run the test suite
 #   make test-gpu  on a GPU machine (< 5 min): the gpu-marked tests and the GPU benchmark, report
@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml requirements.txt tools/install_detectron2.sh projects/t
 		&& echo "[install] torch $$($(PY) -c 'import torch; print(torch.__version__)') already installed" \
 		|| $(PY) -m pip install $(TORCH_SPEC)
 	@bash tools/install_detectron2.sh $(PY)
-	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install -e ".[test,export]"
 	$(PY) -m pip install --no-deps -e projects/toyworld
 	@$(PY) -c "import regionclip, toyworld; print('[install] regionclip', regionclip.__version__, 'and toyworld ready')"
 	@touch $(STAMP)

@@ -13,7 +13,8 @@ or, from a config (a file or the name of a packaged one) and a checkpoint::
               "LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"])
 """
 import logging
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+import os
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from PIL import Image
 
 from detectron2_ext.utils import resolve_device
 
+from .batching import check_batch_size, padded_key, plan_batches
 from .checkpoint import load_model_weights, load_text_encoder_weights
 from .clip.prompts import check_templates, ensemble_text_embeddings
 from .config import load_config
@@ -31,6 +33,7 @@ from .engine.checks import require_weights
 from .inputs import (
     check_boxes,
     check_score_threshold,
+    image_size,
     read_rgb_image,
     resize_to_min_side,
     unique_names,
@@ -43,6 +46,8 @@ __all__ = ["RegionCLIP", "crop_and_resize", "read_rgb_image"]
 logger = logging.getLogger(__name__)
 
 ImageLike = Union[str, np.ndarray]
+# one image, or a list / tuple of images (then the results are a list, one entry per image)
+Images = Union[ImageLike, Sequence[ImageLike]]
 
 
 def crop_and_resize(rgb: np.ndarray, box, size: int, resize: str = "warp",
@@ -211,13 +216,13 @@ class RegionCLIP:
         return self._text_cache[key]
 
     # ------------------------------------------------------------------ images
-    def _prepare(self, image: ImageLike, boxes=None):
+    def _prepare(self, image: ImageLike, boxes=None, what: str = "boxes"):
         """The model's input dict of ``image`` (test-time resize) and ``boxes`` (checked, in
         image pixels) as ``Boxes`` in the resized image's coordinates (None without boxes)."""
         rgb = read_rgb_image(image)
         h, w = rgb.shape[:2]
         if boxes is not None:
-            boxes = check_boxes(boxes, (h, w))
+            boxes = check_boxes(boxes, (h, w), what)
         transform = resize_to_min_side(self._resize.get_transform(rgb))
         resized = transform.apply_image(rgb)
         if self.cfg.INPUT.FORMAT == "BGR":
@@ -228,26 +233,96 @@ class RegionCLIP:
             boxes = Boxes(torch.as_tensor(transform.apply_box(boxes)))
         return inputs, boxes
 
+    # ------------------------------------------------------------------ batches
+    def _divisibilities(self) -> List[int]:
+        model = self.model
+        divisibilities = [model.backbone.size_divisibility]
+        if getattr(model, "offline_backbone", None) is not None:
+            divisibilities.append(model.offline_backbone.size_divisibility)
+        return divisibilities
+
+    def _input_size(self, image: ImageLike) -> Tuple[int, int]:
+        """(height, width) of the model's input for ``image`` (a file's header is read, not its
+        pixels)."""
+        if isinstance(image, (str, os.PathLike)):
+            if not os.path.isfile(image):
+                raise FileNotFoundError(f"image '{image}' does not exist")
+            try:
+                h, w = image_size(image)
+            except Exception as e:  # PIL raises several types for undecodable files
+                raise ValueError(f"could not decode image '{image}': {e}") from None
+        else:
+            h, w = read_rgb_image(image).shape[:2]
+        shape_only = np.broadcast_to(np.zeros((1, 1, 1), np.uint8), (h, w, 3))
+        transform = resize_to_min_side(self._resize.get_transform(shape_only))
+        return transform.new_h, transform.new_w
+
+    def _run_batches(self, images, boxes, batch_size: int, progress: bool, desc: str,
+                     run: Callable[[list], list]) -> list:
+        """``run`` (prepared inputs of a batch -> one result each) over ``images`` in batches of
+        images of one padded size (:mod:`regionclip.batching`); results in input order."""
+        from tqdm import tqdm
+
+        images = list(images)
+        if not images:
+            raise ValueError("the list of images is empty")
+        check_batch_size(batch_size)
+        per_image = isinstance(boxes, (list, tuple)) and len(boxes) == len(images)
+        if boxes is not None and not per_image:
+            got = (f"{len(boxes)} entries" if isinstance(boxes, (list, tuple))
+                   else type(boxes).__name__)
+            raise ValueError(f"with a list of {len(images)} images, boxes must be a list of as "
+                             f"many (N, 4) arrays (one per image), got {got}")
+        divisibilities = self._divisibilities()
+        keys = [padded_key(self._input_size(image), divisibilities) for image in images]
+        results = [None] * len(images)
+        with tqdm(total=len(images), disable=not progress, desc=desc, unit="img") as bar:
+            for batch in plan_batches(keys, batch_size):
+                prepared = [self._prepare(images[i], None if boxes is None else boxes[i],
+                                          f"boxes of image {i}") for i in batch]
+                # sizes were planned from file headers: group again by the decoded ones
+                actual = [padded_key(tuple(p[0]["image"].shape[-2:]), divisibilities)
+                          for p in prepared]
+                for part in plan_batches(actual, batch_size):
+                    for k, result in zip(part, run([prepared[k] for k in part])):
+                        results[batch[k]] = result
+                bar.update(len(batch))
+        return results
+
     @torch.no_grad()
-    def encode_regions(self, image: ImageLike, boxes) -> torch.Tensor:
+    def encode_regions(self, image: Images, boxes, batch_size: int = 4,
+                       progress: bool = False) -> Union[torch.Tensor, List[torch.Tensor]]:
         """Un-normalised float32 region embeddings (N, D) of XYXY ``boxes`` given in ``image``
         pixels, on the model's device.
 
         The config's test-time resize (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``) applies.
         Boxes are checked as :func:`regionclip.inputs.check_boxes` (errors for non-finite,
         inverted, zero-area and out-of-image boxes; partly outside ones are clipped).
+
+        With a list of images, ``boxes`` is a list of as many (N_i, 4) arrays and the result a
+        list of (N_i, D) tensors, equal to one call per image; images run ``batch_size`` at a
+        time (only images of one size share a batch, see :mod:`regionclip.batching`), with a
+        tqdm progress bar if ``progress``.
         """
-        inputs, boxes = self._prepare(image, boxes)
         model = self.model
-        images = model.preprocess_image([inputs])
         heads = model.roi_heads
-        boxes = boxes.to(self.device)
-        with model._compute_precision():  # MODEL.CLIP.INFERENCE_DTYPE, as in detect()
-            features = model.backbone(images.tensor)
-            emb, _ = region_embeddings(heads.pooler, [features[f] for f in heads.in_features],
-                                       [boxes], model.backbone.layer4, model.backbone.attnpool,
-                                       heads.inference_chunk_size)
-        return emb.float()
+
+        def run(prepared):
+            images = model.preprocess_image([inputs for inputs, _ in prepared])
+            with model._compute_precision():  # MODEL.CLIP.INFERENCE_DTYPE, as in detect()
+                features = model.backbone(images.tensor)
+                emb, _ = region_embeddings(heads.pooler, [features[f] for f in heads.in_features],
+                                           [b.to(self.device) for _, b in prepared],
+                                           model.backbone.layer4, model.backbone.attnpool,
+                                           heads.inference_chunk_size)
+            return emb.float().split([len(b) for _, b in prepared])
+
+        if isinstance(image, (list, tuple)):
+            if boxes is None:
+                raise ValueError("encode_regions needs boxes: a list of (N, 4) arrays, one per "
+                                 "image")
+            return self._run_batches(image, boxes, batch_size, progress, "encoding regions", run)
+        return run([self._prepare(image, boxes)])[0]
 
     @torch.no_grad()
     def encode_crops(self, image: ImageLike, boxes, resize: str = "warp", context: float = 1.0,
@@ -295,13 +370,16 @@ class RegionCLIP:
         return torch.cat(out)
 
     @torch.no_grad()
-    def detect(self, image: ImageLike, vocabulary: Sequence[str], boxes=None,
+    def detect(self, image: Images, vocabulary: Sequence[str], boxes=None,
                score_threshold: Optional[float] = None, prompt_ensemble: bool = True,
-               templates: Optional[Sequence[str]] = None) -> List[dict]:
-        """Detect ``vocabulary`` in ``image``.
+               templates: Optional[Sequence[str]] = None, batch_size: int = 4,
+               progress: bool = False) -> Union[List[dict], List[List[dict]]]:
+        """Detect ``vocabulary`` in ``image`` (or in each image of a list).
 
         Args:
-            image: path or HxWx3 uint8 RGB array.
+            image: path or HxWx3 uint8 RGB array, or a list of them: then ``boxes`` (if given)
+                is a list with one (N_i, 4) array per image and the result a list with one list
+                of detections per image, equal to one call per image.
             vocabulary (sequence[str]): class names; embeddings are made on the fly. Repeated
                 names are kept once (with a warning), as on the demo's command line.
             boxes: optional (N, 4) XYXY regions in image pixels to classify instead of the
@@ -313,6 +391,9 @@ class RegionCLIP:
                 applies to sqrt(probability * RPN logit) while the returned score is the class
                 probability, as in the original, so returned scores can be below it.
             prompt_ensemble (bool), templates: see :meth:`encode_text`.
+            batch_size (int): images per forward pass for a list (only images of one size share
+                a batch, so that results do not depend on batching: :mod:`regionclip.batching`).
+            progress (bool): a tqdm progress bar over a list of images.
 
         Returns:
             list[dict]: ``{"box": [x0, y0, x1, y1], "label": str, "score": float}`` in image
@@ -325,10 +406,18 @@ class RegionCLIP:
             raise ValueError("this config takes regions from ground-truth boxes "
                              "(MODEL.CLIP.CROP_REGION_TYPE GT): pass boxes=...")
         emb = self.encode_text(vocabulary, prompt_ensemble, templates)
-        inputs, given = self._prepare(image, boxes)
-        (out,) = self.model.inference([inputs], class_embeddings=emb,
-                                      boxes=None if given is None else [given],
-                                      score_threshold=score_threshold)
-        inst = out["instances"].to("cpu")
-        return [{"box": b.tolist(), "label": vocabulary[int(c)], "score": float(s)}
-                for b, c, s in zip(inst.pred_boxes.tensor, inst.pred_classes, inst.scores)]
+
+        def run(prepared):
+            outs = self.model.inference([inputs for inputs, _ in prepared], class_embeddings=emb,
+                                        boxes=None if boxes is None else [b for _, b in prepared],
+                                        score_threshold=score_threshold)
+            return [_detections(out["instances"].to("cpu"), vocabulary) for out in outs]
+
+        if isinstance(image, (list, tuple)):
+            return self._run_batches(image, boxes, batch_size, progress, "detecting", run)
+        return run([self._prepare(image, boxes)])[0]
+
+
+def _detections(inst, vocabulary) -> List[dict]:
+    return [{"box": b.tolist(), "label": vocabulary[int(c)], "score": float(s)}
+            for b, c, s in zip(inst.pred_boxes.tensor, inst.pred_classes, inst.scores)]

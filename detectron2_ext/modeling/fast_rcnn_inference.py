@@ -77,7 +77,9 @@ def fast_rcnn_inference_single_image(
     # Rows with any non-finite box or score are dropped, with their proposals.
     valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
     rows = torch.arange(boxes.shape[0], device=boxes.device)
-    if not bool(valid.all()):
+    # a traced graph (ONNX / TorchScript export) always filters: the branch taken on the sample
+    # image would otherwise be fixed in it
+    if torch.jit.is_tracing() or not bool(valid.all()):
         boxes, scores = boxes[valid], scores[valid]
         report_scores, rows = report_scores[valid], rows[valid]
     scores, report_scores = scores[:, :-1], report_scores[:, :-1]

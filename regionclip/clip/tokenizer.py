@@ -5,6 +5,10 @@ case), split with CLIP's regular expression, mapped to byte symbols and merged w
 ``bpe_simple_vocab_16e6.txt.gz`` (see ``README.md`` in this folder for the file's provenance).
 Vocabulary: 256 byte symbols, their 256 end-of-word variants, 48894 merges, then
 ``<|startoftext|>`` (49406) and ``<|endoftext|>`` (49407): 49408 ids.
+
+The module needs only ``ftfy``, ``regex`` and ``numpy`` (PyTorch only for :meth:`tokenize`'s
+tensor): an ONNX export copies it, with the merges file, into its folder
+(:mod:`regionclip.export`), so that a deployment tokenizes without PyTorch.
 """
 import gzip
 import html
@@ -13,8 +17,8 @@ from functools import lru_cache
 from typing import Dict, List, Sequence, Tuple, Union
 
 import ftfy
+import numpy as np
 import regex
-import torch
 
 __all__ = ["SimpleTokenizer", "default_bpe_path", "get_tokenizer", "tokenize",
            "SOT_TOKEN", "EOT_TOKEN", "CONTEXT_LENGTH"]
@@ -151,9 +155,9 @@ class SimpleTokenizer:
         data = bytearray(self.byte_decoder[c] for c in symbols)
         return data.decode("utf-8", errors="replace").replace(END_OF_WORD, " ")
 
-    def tokenize(self, texts: Union[str, Sequence[str]], context_length: int = CONTEXT_LENGTH,
-                 truncate: bool = True) -> torch.Tensor:
-        """Fixed-length token ids as the original RegionCLIP builds them.
+    def token_array(self, texts: Union[str, Sequence[str]], context_length: int = CONTEXT_LENGTH,
+                    truncate: bool = True) -> np.ndarray:
+        """Fixed-length token ids as the original RegionCLIP builds them, as a numpy array.
 
         Each row is ``[SOT] + encode(text) + [EOT]``, cut to ``context_length`` tokens (as in the
         original, the cut can remove the EOT; CLIP then pools at the largest remaining id) and
@@ -165,19 +169,26 @@ class SimpleTokenizer:
             truncate (bool): if False, a text that does not fit raises ValueError.
 
         Returns:
-            LongTensor: (N, context_length).
+            np.ndarray: (N, context_length) int64.
         """
         if isinstance(texts, str):
             texts = [texts]
-        result = torch.zeros(len(texts), context_length, dtype=torch.long)
+        result = np.zeros((len(texts), context_length), dtype=np.int64)
         for row, text in enumerate(texts):
             ids = [self.sot_token_id] + self.encode(text) + [self.eot_token_id]
             if len(ids) > context_length and not truncate:
                 raise ValueError(f"Text {text!r} has {len(ids)} tokens (with start/end tokens), "
                                  f"more than the context length {context_length}")
             ids = ids[:context_length]
-            result[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            result[row, :len(ids)] = ids
         return result
+
+    def tokenize(self, texts: Union[str, Sequence[str]], context_length: int = CONTEXT_LENGTH,
+                 truncate: bool = True):
+        """:meth:`token_array` as a ``torch.LongTensor`` (N, context_length)."""
+        import torch
+
+        return torch.from_numpy(self.token_array(texts, context_length, truncate))
 
     __call__ = tokenize
 
@@ -189,7 +200,7 @@ def get_tokenizer() -> SimpleTokenizer:
 
 
 def tokenize(texts: Union[str, Sequence[str]], context_length: int = CONTEXT_LENGTH,
-             truncate: bool = True) -> torch.Tensor:
+             truncate: bool = True):
     """:meth:`SimpleTokenizer.tokenize` with the default tokenizer.
 
     Args:

@@ -3,7 +3,7 @@
     python tools/demo.py --input IMAGE_OR_FOLDER [...] --vocabulary cat dog "remote control"
         --weights pretrained_ckpt/regionclip/regionclip_pretrained-cc_rn50.pth --output OUT
         [--config-file CFG] [--score-threshold S] [--boxes-json BOXES.json] [--templates T.txt]
-        [--device cpu] [--opts KEY VALUE ...]
+        [--device cpu] [--batch-size N] [--opts KEY VALUE ...]
 
 ``--vocabulary`` takes class names, ``.txt`` files (one name per line) and named vocabularies
 (``coco`` = ``coco_80``, ``coco_65``, ``coco_48``, ``coco_17``, ``lvis`` = ``lvis_1203``,
@@ -12,6 +12,8 @@ checkpoint's text encoder (the original's 81-prompt ensemble, or the templates o
 ``--templates`` file: one per line, ``{}`` where the name goes). Regions come from the config
 (the offline RPN of the default custom-image config) or, with ``--boxes-json``, from a json
 ``{image: [[x0, y0, x1, y1], ...]}`` whose keys are the image paths as given or their file names.
+Images run ``--batch-size`` at a time (images of one size share a batch; results equal one by
+one), with a progress bar.
 
 Writes ``OUT/<image file name>`` (boxes and labels drawn with detectron2's Visualizer) and
 ``OUT/detections.json`` = ``{image: [{"box": [x0, y0, x1, y1], "label": str, "score": float}]}``
@@ -199,7 +201,7 @@ def _picture_names(images: Sequence[str]) -> List[str]:
 def run_demo(detector, images: Sequence[str], vocabulary: Sequence[str], output_dir: str,
              score_threshold: Optional[float] = None,
              boxes: Optional[Dict[str, np.ndarray]] = None, progress: bool = True,
-             templates: Optional[Sequence[str]] = None) -> dict:
+             templates: Optional[Sequence[str]] = None, batch_size: int = 4) -> dict:
     """Detect ``vocabulary`` in ``images`` and write the pictures and ``detections.json``.
 
     Args:
@@ -211,24 +213,25 @@ def run_demo(detector, images: Sequence[str], vocabulary: Sequence[str], output_
         boxes (dict or None): given regions per image (from :func:`load_boxes_json`).
         progress (bool): tqdm progress bar.
         templates (sequence[str] or None): prompt templates with ``{}`` (None: the original's 81).
+        batch_size (int): images per forward pass (``RegionCLIP.detect`` on the list).
 
     Returns:
         dict: ``{image: [{"box", "label", "score"}, ...]}`` as written to the json.
     """
     import cv2
-    from tqdm import tqdm
 
     from regionclip.api import read_rgb_image
 
+    images = list(images)
     names = _picture_names(images)
     os.makedirs(output_dir, exist_ok=True)
+    per_image = detector.detect(images, vocabulary,
+                                boxes=None if boxes is None else [boxes[i] for i in images],
+                                score_threshold=score_threshold, templates=templates,
+                                batch_size=batch_size, progress=progress)
     results = {}
-    for image, name in tqdm(list(zip(images, names)), disable=not progress, desc="detecting",
-                            unit="img"):
-        rgb = read_rgb_image(image)
-        dets = detector.detect(rgb, vocabulary, boxes=None if boxes is None else boxes[image],
-                               score_threshold=score_threshold, templates=templates)
-        picture = draw_detections(rgb, dets, vocabulary)
+    for image, name, dets in zip(images, names, per_image):
+        picture = draw_detections(read_rgb_image(image), dets, vocabulary)
         path = os.path.join(output_dir, name)
         if not cv2.imwrite(path, np.ascontiguousarray(picture[:, :, ::-1])):
             raise ValueError(f"could not write '{path}' (unsupported extension?)")
@@ -291,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None,
                         help="cpu, cuda, cuda:1 ... (default: the config's "
                         "MODEL.DEVICE; cuda falls back to the CPU when no GPU is present)")
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="images per forward pass (default 4; images of one size share a "
+                        "batch, results equal one by one)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides KEY VALUE ... (last option)")
     return parser
@@ -306,6 +312,8 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     if len(args.opts) % 2:
         raise ValueError(f"--opts needs KEY VALUE pairs, got {args.opts}")
     check_score_threshold(args.score_threshold, "--score-threshold")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     vocabulary = resolve_vocabulary(args.vocabulary)
     images = list_images(args.input)
     boxes = load_boxes_json(args.boxes_json, images) if args.boxes_json else None
@@ -315,7 +323,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     device = args.device  # None: the config's MODEL.DEVICE (after the KEY VALUE overrides)
     detector = RegionCLIP.from_config(config_file, weights=args.weights, opts=opts, device=device)
     results = run_demo(detector, images, vocabulary, args.output, args.score_threshold, boxes,
-                       templates=templates)
+                       templates=templates, batch_size=args.batch_size)
     print(f"{sum(len(v) for v in results.values())} detections on {len(results)} images; "
           f"pictures and {JSON_NAME} in {args.output}")
     return results
