@@ -196,7 +196,7 @@ def build_app(page: DetectionPage):
         raise ImportError("the web demo needs gradio: pip install -e '.[web]'") from None
 
     served = page.served
-    with gr.Blocks(title="RegionCLIP web demo") as app:
+    with gr.Blocks(title="RegionCLIP web demo", analytics_enabled=False) as app:
         gr.Markdown(f"## RegionCLIP: open-vocabulary detection\nModel: {served.name}. Upload a "
                     "picture, type the names to look for, separated by commas, and press "
                     "Detect.")
