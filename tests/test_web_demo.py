@@ -21,6 +21,7 @@ import pytest
 from conftest import REPO
 from PIL import Image
 
+from regionclip.formats import to_hf_pipeline
 from regionclip.tools import web_demo as wd
 
 VOCAB = ["square", "circle", "star", "heart"]
@@ -148,6 +149,31 @@ def test_command_line_model_choice(monkeypatch):
     wd.load_model(args("--opts", "MODEL.DEVICE", "cpu"), lambda **k: seen.update(k))
     assert seen == {"opts": ["MODEL.DEVICE", "cpu"], "device": None}
     assert args().host == "127.0.0.1" and args().port == 7860
+
+
+def test_config_and_weights_flags_serve_that_model(tmp_path):
+    """--config-file/--weights/--opts load a RegionCLIP (the custom-image config: RPN regions,
+    MULTIPLY_RPN_SCORE with VIS); listed scores are at least the threshold."""
+    from tiny_detector import CUSTOM, tiny_detector_opts, write_images
+
+    opts, weights = tiny_detector_opts(str(tmp_path))
+    args = wd.build_parser().parse_args(["--config-file", CUSTOM, "--weights", weights,
+                                         "--opts"] + opts)
+    served = wd.load_model(args)
+    cfg = served.detector.cfg
+    assert served.name == os.path.basename(weights) and cfg.MODEL.WEIGHTS == weights
+    assert cfg.MODEL.CLIP.MULTIPLY_RPN_SCORE and cfg.MODEL.CLIP.VIS
+    page = wd.DetectionPage(served)
+    (image,) = write_images(str(tmp_path / "imgs"), [("x.png", (96, 128))])
+    raw = served.detector.detect(image, ["red box", "cat"], score_threshold=0.0)
+    threshold = float(np.median([d["score"] for d in raw]))
+    picture, text, message = page.predict(image, "red box, cat", threshold)
+    listed = json.loads(text)
+    assert listed and all(d["score"] >= threshold for d in listed), message
+    # detect's own threshold applies to sqrt(prob * objectness): the page drops the rest
+    direct = served.detector.detect(image, ["red box", "cat"], score_threshold=threshold)
+    assert any(d["score"] < threshold for d in direct)
+    assert listed == to_hf_pipeline([d for d in direct if d["score"] >= threshold])
 
 
 # ------------------------------------------------------------------ the page in a browser
@@ -282,8 +308,6 @@ def _scene(path, seed=4):
 def _expected(picture, threshold):
     """The page's detections computed here, with the same model and settings."""
     from toyworld.demo import web_model
-
-    from regionclip.formats import to_hf_pipeline
 
     page = wd.DetectionPage(web_model())
     return to_hf_pipeline(page.detections(np.asarray(Image.open(picture).convert("RGB")), VOCAB,
