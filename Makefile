@@ -10,6 +10,8 @@
 #                  VOCAB and IMAGES set the picture grid of stage 6 (FORCE=1 reruns everything)
 #   make demo      detect a vocabulary with the shipped toy detector (under a minute);
 #                  VOCAB="star,red circle" and IMAGES=file-or-folder are optional
+#   make web-demo  the web page (Gradio) with the shipped toy detector on http://127.0.0.1:7860;
+#                  PORT and HOST choose where, WEB_ARGS passes more flags (docs/DEPLOY.md)
 # Variables: PYTHON (interpreter that creates the venv), VENV (its location).
 PYTHON ?= python3
 VENV ?= .venv
@@ -24,8 +26,11 @@ TOYWORLD_SIZE ?= default
 DEMO_OUT ?= output/demo
 VOCAB ?=
 IMAGES ?=
+PORT ?=
+HOST ?=
+WEB_ARGS ?=
 
-.PHONY: install lint test test-gpu clean-venv toyworld demo
+.PHONY: install lint test test-gpu clean-venv toyworld demo web-demo
 
 install: $(STAMP)
 
@@ -36,7 +41,7 @@ $(STAMP): pyproject.toml requirements.txt tools/install_detectron2.sh projects/t
 		&& echo "[install] torch $$($(PY) -c 'import torch; print(torch.__version__)') already installed" \
 		|| $(PY) -m pip install $(TORCH_SPEC)
 	@bash tools/install_detectron2.sh $(PY)
-	$(PY) -m pip install -e ".[test,export]"
+	$(PY) -m pip install -e ".[test,export,web]"
 	$(PY) -m pip install --no-deps -e projects/toyworld
 	@$(PY) -c "import regionclip, toyworld; print('[install] regionclip', regionclip.__version__, 'and toyworld ready')"
 	@touch $(STAMP)
@@ -58,6 +63,9 @@ toyworld: install
 demo: install
 	$(PY) tools/toyworld.py demo --output $(DEMO_OUT) $(if $(VOCAB),--vocab "$(VOCAB)") \
 		$(if $(IMAGES),--images "$(IMAGES)")
+
+web-demo: install
+	$(PY) tools/web_demo.py $(if $(PORT),--port $(PORT)) $(if $(HOST),--host $(HOST)) $(WEB_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

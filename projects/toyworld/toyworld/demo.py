@@ -20,13 +20,19 @@ from .scenes import SceneSpec, draw_scene
 from .text import text_embeddings
 from .weights import unpack_detector
 
-__all__ = ["DEFAULT_PACKAGE", "ToyRegionCLIP", "load_images", "run_demo"]
+__all__ = ["DEFAULT_PACKAGE", "DEFAULT_SCORE_THRESHOLD", "DEFAULT_AGNOSTIC_NMS", "DEFAULT_TOP_K",
+           "ToyRegionCLIP", "load_detector", "load_images", "run_demo", "web_model"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "weights", "toyworld_detector.pth")  # projects/toyworld/weights
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# what the demo shows: the toy detector's class probabilities are soft (a softmax over the
+# vocabulary and background at the teacher's temperature), one label per object, a few per scene
+DEFAULT_SCORE_THRESHOLD = 0.15
+DEFAULT_AGNOSTIC_NMS = 0.3
+DEFAULT_TOP_K = 6
 
 
 class ToyRegionCLIP(RegionCLIP):
@@ -49,6 +55,38 @@ class ToyRegionCLIP(RegionCLIP):
             self._text_cache[key] = text_embeddings(self.model.lang_encoder.encode_text, texts,
                                                     "toy" if prompt_ensemble else "none")
         return self._text_cache[key]
+
+
+def load_detector(package: str, out_dir: str, opts: Sequence[str] = (),
+                  device: Optional[str] = None):
+    """Unpack the detector package into ``out_dir`` and load it.
+
+    Returns:
+        (ToyRegionCLIP, dict): the detector and the unpacked files (see :func:`unpack_detector`).
+    """
+    files = unpack_detector(package, out_dir)
+    detector = ToyRegionCLIP.from_config(files["config"], weights=files["weights"], opts=opts,
+                                         device=device)
+    return detector, files
+
+
+def web_model(opts: Sequence[str] = (), device: Optional[str] = None,
+              package: str = DEFAULT_PACKAGE):
+    """The shipped detector for ``tools/web_demo.py`` without flags, with this demo's settings
+    (unpacked into a temporary folder removed at exit)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from regionclip.tools.web_demo import ServedModel
+
+    folder = tempfile.mkdtemp(prefix="toyworld_web_")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    detector, files = load_detector(package, folder, opts, device)
+    return ServedModel(detector, f"the toy-world detector ({os.path.basename(package)}, trained "
+                       "on generated shapes only)", vocabulary=list(files["classes"]),
+                       score_threshold=DEFAULT_SCORE_THRESHOLD,
+                       agnostic_nms=DEFAULT_AGNOSTIC_NMS, max_detections=DEFAULT_TOP_K)
 
 
 def load_images(path: str) -> List[tuple]:
@@ -83,8 +121,8 @@ def _declutter(dets: List[dict], iou: float, top_k: int) -> List[dict]:
 
 def run_demo(out_dir: str, package: str = DEFAULT_PACKAGE, vocabulary: Optional[List[str]] = None,
              images: Optional[List[tuple]] = None, num_scenes: int = 8, seed: int = 2024,
-             score_threshold: float = 0.15, novel: Sequence[str] = (), top_k: int = 6,
-             agnostic_nms: float = 0.3) -> Dict:
+             score_threshold: float = DEFAULT_SCORE_THRESHOLD, novel: Sequence[str] = (),
+             top_k: int = DEFAULT_TOP_K, agnostic_nms: float = DEFAULT_AGNOSTIC_NMS) -> Dict:
     """Detect ``vocabulary`` in images and write pictures, a grid and ``detections.json``.
 
     Args:
@@ -108,13 +146,12 @@ def run_demo(out_dir: str, package: str = DEFAULT_PACKAGE, vocabulary: Optional[
     """
     from .visualize import draw_detections, save_grid
 
-    files = unpack_detector(package, os.path.join(out_dir, "package"))
+    detector, files = load_detector(package, os.path.join(out_dir, "package"))
     extra = files["extra"]
     vocabulary = list(vocabulary) if vocabulary else list(files["classes"])
     novel = set(novel or extra.get("novel_classes", []))
     if images is None:
         images = _generated(num_scenes, seed, int(extra.get("image_size", 96)))
-    detector = ToyRegionCLIP.from_config(files["config"], weights=files["weights"])
     entries, pictures = [], []
     for name, rgb in images:
         dets = _declutter(detector.detect(rgb, vocabulary, score_threshold=score_threshold),
