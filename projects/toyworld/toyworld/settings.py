@@ -41,6 +41,8 @@ def get_toyworld_cfg() -> CN:
     c.WORLD.NUM_CAPTION_IMAGES = 4000
     c.WORLD.CLOSEUP_FRACTION = 0.4  # caption images that are single-object close-ups
     c.WORLD.CLOSEUP_SIZE = [44, 84]  # object size in close-ups
+    c.WORLD.CROP_CLOSEUPS = 0.0  # close-ups cut out of full scenes (crop_closeup)
+    c.WORLD.CROP_CONTEXT = [1.0, 2.0]  # their crop side / object box side
     c.WORLD.NUM_DET_IMAGES = 1500
     c.WORLD.NUM_TEST_IMAGES = 300
     c.WORLD.CAPTIONS_PER_IMAGE = 2

@@ -27,10 +27,10 @@ import numpy as np
 from PIL import Image
 
 from .captions import concept_counts, make_caption
-from .scenes import SceneSpec, draw_scene
+from .scenes import Scene, SceneSpec, draw_scene
 from .vocabulary import BASE_SHAPES, NOVEL_SHAPES, categories
 
-__all__ = ["SPLITS", "scene_spec", "generate_world", "register_world", "World"]
+__all__ = ["SPLITS", "scene_spec", "crop_closeup", "generate_world", "register_world", "World"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,32 @@ def scene_spec(settings, closeup: bool = False) -> SceneSpec:
     return SceneSpec(image_size=(w.IMAGE_SIZE, w.IMAGE_SIZE), objects=tuple(w.OBJECTS),
                      object_size=tuple(w.OBJECT_SIZE), max_overlap=w.MAX_OVERLAP,
                      clutter=w.CLUTTER)
+
+
+def crop_closeup(rng, spec: SceneSpec, context=(1.0, 2.0)) -> Scene:
+    """A close-up cut out of a full scene: one object (chosen at random) with ``context`` times
+    its box around it (uniform, the centre jittered by up to a tenth of the crop), resized to the
+    scene's size, like a web photo taken of one thing among others. The returned scene lists
+    that object only, with its box in the new image; parts of its neighbours may show."""
+    scene = draw_scene(rng, spec)
+    obj = scene.objects[int(rng.integers(len(scene.objects)))]
+    height, width = scene.image.shape[:2]
+    x, y, w, h = obj["bbox"]
+    scale = float(rng.uniform(*context))
+    cw, ch = max(w * scale, 1.0), max(h * scale, 1.0)
+    cx = x + w / 2 + rng.uniform(-0.1, 0.1) * cw
+    cy = y + h / 2 + rng.uniform(-0.1, 0.1) * ch
+    x0, y0 = int(max(np.floor(cx - cw / 2), 0)), int(max(np.floor(cy - ch / 2), 0))
+    x1 = int(min(np.ceil(cx + cw / 2), width))
+    y1 = int(min(np.ceil(cy + ch / 2), height))
+    x0, y0 = min(x0, int(x)), min(y0, int(y))  # the whole object stays in view
+    x1, y1 = max(x1, int(np.ceil(x + w))), max(y1, int(np.ceil(y + h)))
+    image = np.array(Image.fromarray(scene.image[y0:y1, x0:x1]).resize((width, height),
+                                                                       Image.BICUBIC))
+    sx, sy = width / (x1 - x0), height / (y1 - y0)
+    box = [(x - x0) * sx, (y - y0) * sy, w * sx, h * sy]
+    new = dict(obj, bbox=[round(v, 2) for v in box], area=obj["area"] * sx * sy)
+    return Scene(image=image, background=scene.background, objects=[new])
 
 
 def _coco(images: List[dict], annotations: List[dict], cats: List[dict]) -> dict:
@@ -91,7 +117,10 @@ def generate_world(settings, out_dir: str, progress: bool = True) -> str:
         for image_id in tqdm(range(1, sizes[split] + 1), desc=f"world/{split}",
                              disable=not progress, leave=False):
             is_closeup = split == "captions" and rng.random() < w.CLOSEUP_FRACTION
-            scene = draw_scene(rng, closeup if is_closeup else spec)
+            if is_closeup and rng.random() < w.CROP_CLOSEUPS:
+                scene = crop_closeup(rng, spec, tuple(w.CROP_CONTEXT))
+            else:
+                scene = draw_scene(rng, closeup if is_closeup else spec)
             name = f"{image_id:06d}.png"
             Image.fromarray(scene.image).save(os.path.join(folder, name))
             arrays.append(scene.image)
