@@ -23,7 +23,7 @@ from toyworld.vocabulary import (
     SHAPES,
     categories,
 )
-from toyworld.world import World, generate_world
+from toyworld.world import World, crop_closeup, generate_world
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # projects/toyworld
 REPO = os.path.dirname(os.path.dirname(PROJECT))
@@ -69,6 +69,28 @@ def test_boxes_are_tight_around_the_painted_shape():
         right = 30 if shape == "crescent" else 37
         assert xs.min() <= 2 and xs.max() >= right and ys.min() <= 2 and ys.max() >= 27, shape
         assert 0.2 < mask.mean() < 1.0, shape  # a real outline, not the full box
+
+
+@pytest.mark.parametrize("context", [(1.0, 1.0), (1.5, 2.0)])
+def test_crop_closeups_frame_one_object_of_a_full_scene(context):
+    spec = SceneSpec(image_size=(96, 96), objects=(3, 4))
+    for seed in range(20):
+        crop = crop_closeup(np.random.default_rng(seed), spec, context)
+        full = draw_scene(np.random.default_rng(seed), spec)  # the scene it was cut from
+        (obj,) = crop.objects
+        source = [o for o in full.objects
+                  if (o["shape"], o["colour"], o["texture"]) == (obj["shape"], obj["colour"],
+                                                                 o["texture"])]
+        assert source and crop.image.shape == (96, 96, 3) and crop.background == full.background
+        x, y, w, h = obj["bbox"]
+        assert -0.01 <= x and -0.01 <= y and x + w <= 96.01 and y + h <= 96.01  # all in view
+        # the crop is its box times the context, warped to a square (as crops are evaluated):
+        # each side of the object fills 1 / context of the image (up to jitter and clipping)
+        for side in (w / 96, h / 96):
+            if context == (1.0, 1.0):
+                assert side > 0.8, (seed, obj["bbox"])
+            else:
+                assert 1 / 2.5 < side < 1 / 1.2, (seed, obj["bbox"])
 
 
 def test_captions_mention_a_subset_of_objects_with_their_nouns():
