@@ -1,6 +1,6 @@
 """Speed and memory of RegionCLIP on this machine, next to the FLOP roof.
 
-    python tools/benchmark.py [--cases roof,zeroshot,train,pretrain] [--regions 100 300 1000]
+    python tools/benchmark.py [--cases roof,zeroshot,train,pretrain,batched,onnx] [--regions 100 300 1000]
                               [--chunk 0 128] [--dtype float32 bfloat16] [--size 800 1216]
                               [--device cpu|cuda] [--json output/benchmark.json]
 
@@ -40,6 +40,12 @@ def parse_args(argv=None):
                         choices=("float32", "bfloat16", "float16"),
                         help="MODEL.CLIP.INFERENCE_DTYPE values for the zero-shot cases")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--deploy-regions", type=int, default=100,
+                        help="RPN regions per image of the batched and onnx cases")
+    parser.add_argument("--images", type=int, default=16,
+                        help="generated images of the batched case (short side = --size H)")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="images per detect() call of the batched case")
     parser.add_argument("--device", default="cpu",
                         help="cpu or cuda[:i] (MODEL.DEVICE of the cases)")
     parser.add_argument("--json", default=os.path.join("output", "benchmark.json"))
@@ -53,7 +59,9 @@ def run(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     """Run the cases; print the table, write ``--json``; return the results."""
     args = parse_args(argv)
     jobs = plan_jobs(args.cases.split(","), args.regions, args.train_regions, args.chunk,
-                     args.dtype, original=bool(args.original))
+                     args.dtype, original=bool(args.original),
+                     deploy_regions=args.deploy_regions, images=args.images,
+                     batch_size=args.batch_size)
     results = run_jobs(jobs, args.size, args.repeats, args.device, args.original)
     print("\n" + markdown_table(results, args.device))
     if os.path.dirname(args.json):
