@@ -1,7 +1,8 @@
 """Speed and memory of RegionCLIP on this machine, next to the FLOP roof.
 
     python tools/benchmark.py [--cases roof,zeroshot,train,pretrain,batched,onnx]
-                              [--regions 100 300 1000] [--chunk 0 128] [--dtype float32 bfloat16] [--size 800 1216]
+                              [--regions 100 300 1000] [--chunk 0 128]
+                              [--dtype float32 bfloat16] [--size 800 1216]
                               [--device cpu|cuda] [--json output/benchmark.json]
 
 Every case runs in its own process (peak memory = that process's max RSS). The models use
@@ -15,7 +16,8 @@ and fp16 matmuls on the GPU; peak GPU memory = ``torch.cuda.max_memory_allocated
 ``--dtype float16`` is meant for it. ``batched`` and ``onnx`` (not run by default) time
 ``RegionCLIP.detect`` batched against one by one (``--images``, ``--batch-size``) and the
 exported ONNX detector in onnxruntime against PyTorch, on an RN50 detector with
-``--deploy-regions`` RPN regions; they get a table of their own. The logic is :mod:`regionclip.benchmark`.
+``--deploy-regions`` RPN regions; they get a table of their own. The logic is
+:mod:`regionclip.benchmark`.
 """
 import argparse
 import json
