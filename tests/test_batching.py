@@ -141,7 +141,7 @@ def test_demo_on_a_folder_runs_in_batches(world, monkeypatch, tmp_path):
 
 
 def test_benchmark_row_batched_against_one_by_one(world):
-    from regionclip.benchmark_rows import batched_throughput
+    from regionclip.benchmark.deploy import batched_throughput
 
     row = batched_throughput(world["rc"], VOCAB, num_images=3, size=96, batch_size=2)
     assert row["images"] == 3 and row["image_size"] == "96x128" and row["batch_size"] == 2

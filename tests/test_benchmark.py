@@ -110,3 +110,28 @@ def test_command_reports_an_unknown_case(capsys, tmp_path):
     assert tool.main(["--cases", "nope", "--json", str(tmp_path / "b.json")]) == 1
     assert "error: unknown case 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "b.json").exists()
+
+
+def test_deployment_cases_are_planned_and_reported_in_their_own_table():
+    jobs = plan_jobs(["batched", "onnx"], deploy_regions=50, images=4, batch_size=2)
+    assert jobs == [Job("batched", 50, images=4, batch_size=2), Job("onnx", 50)]
+    fields = json.loads(job_command(jobs[0], (800, 1066), 2, "cpu")[4])
+    assert CaseArgs(**fields).images == 4 and CaseArgs(**fields).batch_size == 2
+    with pytest.raises(ValueError, match="--batch-size must be >= 1"):
+        plan_jobs(["batched"], batch_size=0)
+    results = [{"case": "batched", "regions": 50, "images": 4, "image_size": "800x1066",
+                "batch_size": 2, "one_by_one_img_per_s": 0.1, "batched_img_per_s": 0.125,
+                "speedup": 1.25, "max_score_diff": 1e-6, "max_box_diff_px": 2e-4,
+                "peak_rss_mb": 900.0},
+               {"case": "onnx", "regions": 50, "input_size": "800x1066", "detections": 30,
+                "pytorch_ms": 3000.0, "onnxruntime_ms": 2000.0, "max_score_diff": 1e-6,
+                "max_box_diff_px": 1e-3, "peak_rss_mb": 1200.0}]
+    table = markdown_table(results).splitlines()
+    assert ("| batched | 50 | 4 x 800x1066 | one by one 0.100 img/s | batched (2) 0.125 img/s | "
+            "1.25x | 1.0e-06 / 2.0e-04 px | 900 |") in table
+    assert ("| onnx | 50 | 800x1066 | PyTorch 3000 ms | onnxruntime 2000 ms | 1.50x | "
+            "1.0e-06 / 1.0e-03 px | 1200 |") in table
+    assert not [ln for ln in table if ln.startswith("| batched | 50 | | |")]  # not in the main one
+    assert "deployment case" not in markdown_table(results[:0] + [
+        {"case": "roof", "gflops_fp32": 1.0, "gflops_bf16": 1.0, "threads": 1,
+         "peak_rss_mb": 1.0}])  # no deployment results: no second table

@@ -270,7 +270,7 @@ def test_settings_that_do_not_export_are_clear_errors(world, capsys, extra, opts
 
 
 def test_benchmark_row_onnxruntime_against_pytorch(world, zero_shot):
-    from regionclip.benchmark_rows import onnx_latency
+    from regionclip.benchmark.deploy import onnx_latency
 
     row = onnx_latency(zero_shot[2], VOCAB, size=96, repeats=1)
     assert row["input_size"] == "96x128" and row["detections"] > 0

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Speed and memory of RegionCLIP on this machine, next to the FLOP roof.
 
-    python tools/benchmark.py [--cases roof,zeroshot,train,pretrain] [--regions 100 300 1000]
-                              [--chunk 0 128] [--dtype float32 bfloat16] [--size 800 1216]
-                              [--device cpu|cuda] [--json output/benchmark.json]
+    python tools/benchmark.py [--cases roof,zeroshot,train,pretrain,batched,onnx]
+                              [--regions 100 300 1000] [--chunk 0 128] [--size 800 1216]
+                              [--dtype float32 bfloat16] [--device cpu|cuda] [--json FILE]
 
 See :mod:`regionclip.tools.benchmark` (logic in :mod:`regionclip.benchmark`).
 """

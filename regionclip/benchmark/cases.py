@@ -15,7 +15,8 @@ from .models import (
 )
 from .timing import count_flops, timeit
 
-__all__ = ["CaseArgs", "CASES", "case_roof", "case_zeroshot", "case_train", "case_pretrain"]
+__all__ = ["CaseArgs", "CASES", "case_roof", "case_zeroshot", "case_train", "case_pretrain",
+           "case_batched", "case_onnx"]
 
 DTYPE_SUFFIX = {"bfloat16": "_bf16", "float16": "_fp16"}
 
@@ -32,6 +33,8 @@ class CaseArgs:
         repeats (int): timed runs (the best is kept) after one warm-up.
         device (str): ``MODEL.DEVICE``.
         tmp (str): a scratch folder (embedding files).
+        images (int): generated images of the ``batched`` case.
+        batch_size (int): images per ``detect`` call of the ``batched`` case.
     """
 
     num_regions: int = 100
@@ -41,6 +44,8 @@ class CaseArgs:
     repeats: int = 2
     device: str = "cpu"
     tmp: str = "."
+    images: int = 16
+    batch_size: int = 8
 
 
 def case_roof(args: CaseArgs) -> Dict:
@@ -176,5 +181,28 @@ def case_pretrain(args: CaseArgs) -> Dict:
             "seconds": seconds, "gflop": gflop}
 
 
+def case_batched(args: CaseArgs) -> Dict:
+    """Images/s of ``RegionCLIP.detect`` on ``args.images`` generated images (short side
+    ``args.size[0]``), one by one and ``args.batch_size`` at a time
+    (:func:`.deploy.batched_throughput`), RN50 detector with ``args.num_regions`` RPN regions."""
+    from .deploy import VOCABULARY, batched_throughput, deploy_detector
+
+    rc = deploy_detector(args.num_regions, args.device)
+    row = batched_throughput(rc, VOCABULARY, num_images=args.images, size=args.size[0],
+                             batch_size=args.batch_size)
+    return dict(row, case="batched", regions=args.num_regions)
+
+
+def case_onnx(args: CaseArgs) -> Dict:
+    """Median ms of one image through the exported ONNX detector (onnxruntime) and through
+    PyTorch (:func:`.deploy.onnx_latency`), the detector of :func:`case_batched`."""
+    from .deploy import VOCABULARY, deploy_detector, onnx_latency
+
+    rc = deploy_detector(args.num_regions, args.device)
+    row = onnx_latency(rc, VOCABULARY, size=args.size[0], repeats=args.repeats)
+    return dict(row, case="onnx", regions=args.num_regions, repeats=args.repeats)
+
+
 CASES: Dict[str, Callable[[CaseArgs], Dict]] = {
-    "roof": case_roof, "zeroshot": case_zeroshot, "train": case_train, "pretrain": case_pretrain}
+    "roof": case_roof, "zeroshot": case_zeroshot, "train": case_train, "pretrain": case_pretrain,
+    "batched": case_batched, "onnx": case_onnx}

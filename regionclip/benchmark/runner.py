@@ -22,14 +22,18 @@ class Job:
     num_regions: int = 0
     chunk: int = 0
     dtype: str = "float32"
+    images: int = 16
+    batch_size: int = 8
 
 
 def plan_jobs(cases: Sequence[str], regions: Sequence[int] = (100, 300, 1000),
               train_regions: int = 128, chunks: Sequence[int] = (0, 128),
-              dtypes: Sequence[str] = ("float32",), original: bool = False) -> List[Job]:
+              dtypes: Sequence[str] = ("float32",), original: bool = False,
+              deploy_regions: int = 100, images: int = 16, batch_size: int = 8) -> List[Job]:
     """The jobs of ``cases``: ``zeroshot`` for every number of regions x chunk x dtype (and, with
     ``original``, the original's zero-shot for every number of regions), ``train`` with
-    ``train_regions``, ``pretrain`` with 100 regions, ``roof`` once."""
+    ``train_regions``, ``pretrain`` with 100 regions, ``batched`` (``images`` generated images,
+    ``batch_size`` per call) and ``onnx`` with ``deploy_regions`` RPN regions, ``roof`` once."""
     jobs = []
     for case in cases:
         if case not in CASE_NAMES:
@@ -44,6 +48,13 @@ def plan_jobs(cases: Sequence[str], regions: Sequence[int] = (100, 300, 1000),
             jobs.append(Job(case, train_regions))
         elif case == "pretrain":
             jobs.append(Job(case, 100))
+        elif case == "batched":
+            if images < 1 or batch_size < 1:
+                raise ValueError(f"--images and --batch-size must be >= 1, got {images} and "
+                                 f"{batch_size}")
+            jobs.append(Job(case, deploy_regions, images=images, batch_size=batch_size))
+        elif case == "onnx":
+            jobs.append(Job(case, deploy_regions))
         else:
             jobs.append(Job(case))
     return jobs

@@ -1,7 +1,9 @@
-"""Measurements for the benchmark: batched against one-by-one detection, onnxruntime against
-PyTorch. Each returns one row (a dict) and checks that the faster path gives the same detections.
+"""The deployment cases of the benchmark (``batched``, ``onnx``): batched against one-by-one
+detection, onnxruntime against PyTorch. Each row function returns one row (a dict) and checks that
+the faster path gives the same detections; :func:`deploy_detector` builds the detector the cases
+measure (RN50, offline-RPN regions, random weights).
 
-    from regionclip.benchmark_rows import batched_throughput, onnx_latency
+    from regionclip.benchmark.deploy import batched_throughput, onnx_latency
     rows = [batched_throughput(rc, vocabulary, num_images=16, size=800, batch_size=8),
             onnx_latency(rc, vocabulary, size=800, repeats=5)]
 """
@@ -13,7 +15,12 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ["generated_images", "batched_throughput", "onnx_latency"]
+__all__ = ["DEPLOY_CONFIG", "RPN_CONFIG", "VOCABULARY", "generated_images", "deploy_detector",
+           "batched_throughput", "onnx_latency"]
+
+DEPLOY_CONFIG = "LVISv1-InstanceSegmentation/CLIP_fast_rcnn_R_50_C4_custom_img.yaml"
+RPN_CONFIG = "LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"
+VOCABULARY = ("cat", "dog", "sofa")  # the text tower runs 3 x 80 prompts once per process
 
 
 def generated_images(num: int, size: int, seed: int = 0) -> List[np.ndarray]:
@@ -29,6 +36,28 @@ def generated_images(num: int, size: int, seed: int = 0) -> List[np.ndarray]:
             img[y0:y0 + h // 3, x0:x0 + w // 3] = rng.integers(120, 255, 3, dtype=np.uint8)
         images.append(img)
     return images
+
+
+def deploy_detector(num_regions: int = 100, device: str = "cpu", seed: int = 0):
+    """The RegionCLIP detector of the deployment cases: :data:`DEPLOY_CONFIG` (RN50 CLIP, an
+    R50-FPN offline RPN of :data:`RPN_CONFIG`, at most ``num_regions`` RPN regions per image),
+    random weights with realistic frozen-BN statistics (speed does not depend on the values; the
+    random text tower encodes vocabularies as a trained one would, at the same cost)."""
+    import os
+
+    from regionclip.api import RegionCLIP
+    from regionclip.yaml_config import packaged_configs_dir
+
+    from .models import build
+
+    torch.manual_seed(seed)
+    cfg, model = build(DEPLOY_CONFIG, [
+        "MODEL.CLIP.CROP_REGION_TYPE", "RPN", "MODEL.CLIP.GET_CONCEPT_EMB", "True",
+        "MODEL.CLIP.OFFLINE_RPN_CONFIG", os.path.join(packaged_configs_dir(), RPN_CONFIG),
+        "MODEL.CLIP.OFFLINE_RPN_POST_NMS_TOPK_TEST", str(num_regions)], device)
+    model.eval()
+    cfg.freeze()
+    return RegionCLIP(cfg, model, text_encoder_loaded=True)
 
 
 def _max_differences(a: Sequence[Sequence[dict]], b: Sequence[Sequence[dict]]):
@@ -89,7 +118,7 @@ def onnx_latency(rc, vocabulary: Sequence[str], size: int = 800, repeats: int = 
     """
     import onnxruntime as ort
 
-    from .export import export_model
+    from regionclip.export import export_model
 
     image = generated_images(1, size, seed)[0]
     emb = rc.encode_text(list(vocabulary))
