@@ -12,7 +12,8 @@ Layout of ``<out>/world``::
 
 Splits: ``captions`` (image-caption pairs: CLIP and RegionCLIP pretraining; a fraction
 ``CLOSEUP_FRACTION`` of them are single-object close-ups, like the object-centric photos of web
-image-text data), ``det_train``
+image-text data; ``CROP_CLOSEUPS`` of those are cut out of full scenes, :func:`crop_closeup`),
+``det_train``
 (detection training with base boxes only; novel objects are in the images but unannotated, as in
 COCO's open-vocabulary split), ``test`` (all boxes). Every split is drawn from its own random
 stream, so changing one split's size does not change another.
