@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from toyworld.ap import MatchTable, bootstrap_ap50, split_ap50
 from toyworld.captions import caption_nouns, make_caption
 from toyworld.pipeline import MARKERS, STAGES, run_pipeline
@@ -91,6 +90,50 @@ def test_crop_closeups_frame_one_object_of_a_full_scene(context):
                 assert side > 0.8, (seed, obj["bbox"])
             else:
                 assert 1 / 2.5 < side < 1 / 1.2, (seed, obj["bbox"])
+
+
+def test_detection_inputs_resize_scene_and_boxes_and_keep_the_scene_size():
+    from toyworld.common import detection_inputs
+
+    rng = np.random.default_rng(0)
+    scene = draw_scene(rng, SceneSpec(image_size=(64, 64), objects=(2, 2), clutter=0.0))
+    image = scene.image[None]
+    box = np.array([[o["bbox"][0], o["bbox"][1], o["bbox"][0] + o["bbox"][2],
+                     o["bbox"][1] + o["bbox"][3]] for o in scene.objects], np.float32)
+    boxes = [{"boxes": box, "classes": np.array([0, 1])}]
+    same = detection_inputs(image, boxes, 0)
+    big = detection_inputs(image, boxes, 0, size=96)
+    assert same["image"].shape == (3, 64, 64) and big["image"].shape == (3, 96, 96)
+    assert (big["height"], big["width"]) == (64, 64)  # outputs come back in scene pixels
+    np.testing.assert_allclose(big["instances"].gt_boxes.tensor.numpy(), box * 1.5, atol=1e-4)
+    # the picture is the scene's, upsampled: each object's mean colour is kept
+    for (x0, y0, x1, y1) in box.astype(int):
+        small = same["image"][:, y0 + 2:y1 - 2, x0 + 2:x1 - 2].mean((1, 2))
+        large = big["image"][:, int(y0 * 1.5) + 3:int(y1 * 1.5) - 3,
+                             int(x0 * 1.5) + 3:int(x1 * 1.5) - 3].mean((1, 2))
+        assert torch.allclose(small, large, atol=12), (small, large)
+    flipped = detection_inputs(image, boxes, 0, flip=True, size=96)
+    np.testing.assert_allclose(flipped["instances"].gt_boxes.tensor.numpy()[:, [2, 0]],
+                               96 - box[:, [0, 2]] * 1.5, atol=1e-4)
+
+
+def test_input_size_scales_the_rpn_anchors_and_every_stage_input():
+    from toyworld.common import stage_cfg
+    from toyworld.train_rpn import rpn_cfg
+
+    plain = rpn_cfg(_micro(), "arch.json")
+    big = rpn_cfg(_micro("INPUT_SIZE", "96"), "arch.json")
+    assert plain.INPUT.MAX_SIZE_TRAIN == 64 and big.INPUT.MAX_SIZE_TRAIN == 96
+    assert big.INPUT.MIN_SIZE_TEST == 96
+    assert np.allclose(np.array(big.MODEL.ANCHOR_GENERATOR.SIZES),
+                       1.5 * np.array(plain.MODEL.ANCHOR_GENERATOR.SIZES))
+    # the RoI pooler follows CLIP's attention grid (its training pictures), not the input size
+    settings = _micro("INPUT_SIZE", "96")
+    transfer = stage_cfg(settings, settings.TRANSFER)
+    assert transfer.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION == 2 * (64 // 32)
+    assert transfer.INPUT.MAX_SIZE_TEST == 96
+    with pytest.raises(ValueError, match="INPUT_SIZE"):
+        _micro("INPUT_SIZE", "32")
 
 
 def test_captions_mention_a_subset_of_objects_with_their_nouns():
@@ -294,7 +337,21 @@ def test_every_stage_writes_its_outputs(micro_run):
     pool = torch.load(os.path.join(out, "pretrain", "concept_emb.pth"))
     assert pool.shape == (pre["concepts"], 32)
     numbers = _numbers(out)
-    assert len(numbers) == 18 and all(v is None or 0 <= v <= 100 for v in numbers.values())
+    assert len(numbers) == 21 and all(v is None or 0 <= v <= 100 for v in numbers.values())
+    # the oracle learns all 12 categories' boxes; the two transfer detectors only the 8 base ones
+    from detectron2.config import CfgNode
+
+    for name, classes, emb in (("teacher", 8, "base"), ("student", 8, "base"),
+                               ("oracle", 12, "all")):
+        cfg = CfgNode.load_yaml_with_base(os.path.join(out, "transfer", name, "config.yaml"))
+        assert cfg["MODEL"]["ROI_HEADS"]["NUM_CLASSES"] == classes, name
+        assert cfg["MODEL"]["CLIP"]["TEXT_EMB_PATH"].endswith(f"{emb}_class_emb.pth"), name
+        assert torch.load(cfg["MODEL"]["CLIP"]["TEXT_EMB_PATH"]).shape[0] == classes
+    regions = json.load(open(os.path.join(out, "report.json")))["regions"]
+    for model in ("teacher", "student"):
+        for mode in ("roi", "crop"):
+            assert all(0 <= regions[model][mode][s] <= 1 for s in ("all", "base", "novel"))
+    assert "Fig. 1 at toy scale" in open(os.path.join(out, "report.md")).read()
     # the bootstrap's own AP50 on all test images is the split evaluator's
     report = json.load(open(os.path.join(out, "report.json")))
     results = [r for m in report["zeroshot"].values() for r in m.values()]
@@ -327,7 +384,6 @@ def _reference_roi_embeddings(clip, images, rows):
     rows on res4 (stride 16, output 2x the attention-pool grid), then res5 and the attention
     pool; the reference for the library's :meth:`RegionCLIP.encode_regions`."""
     from torchvision.ops import roi_align
-
     from toyworld.train_clip import normalize
 
     visual = clip.visual
@@ -338,8 +394,9 @@ def _reference_roi_embeddings(clip, images, rows):
 
 @torch.no_grad()
 def _reference_crop_embeddings(clip, images, rows, context=1.2):
-    from regionclip.api import crop_and_resize
     from toyworld.train_clip import normalize
+
+    from regionclip.api import crop_and_resize
 
     crops = np.stack([crop_and_resize(images[int(b)], box, images.shape[1], "warp", context)
                       for b, *box in rows.tolist()])
@@ -353,7 +410,6 @@ def test_analysis_agrees_with_a_reference_on_the_clip_files(micro_run, tmp_path)
     a reference computed by hand from the CLIP files (RoIAlign + res5 + attention pool, crops
     through the whole tower) must give the same embeddings and the same accuracies."""
     import torch.nn.functional as F
-
     from toyworld.analysis import CROP_CONTEXT, analyze, zero_shot_detector
     from toyworld.pipeline import stage_paths
     from toyworld.text import load_clip, text_embeddings
@@ -361,7 +417,8 @@ def test_analysis_agrees_with_a_reference_on_the_clip_files(micro_run, tmp_path)
     out, _ = micro_run
     settings = _micro()
     result = analyze(out, settings)
-    assert json.load(open(os.path.join(out, "analysis.json"))) == json.loads(json.dumps(result))
+    saved = os.path.join(out, "regions", "results.json")
+    assert json.load(open(saved)) == json.loads(json.dumps(result))
     paths = stage_paths(out)
     world = World(os.path.join(out, "world"))
     images, gt = world.images("test"), world.boxes("test_all")
@@ -421,12 +478,17 @@ def test_resume_skips_finished_stages_and_force_reruns(micro_run):
 def test_same_seed_gives_the_same_numbers(micro_run, tmp_path):
     out, _ = micro_run
     again = str(tmp_path / "again")
-    run_pipeline(_micro(), again, progress=False)
+    # stage 5's three fine-tunings now run in two worker processes (one thread each, as before)
+    run_pipeline(_micro("WORKERS", "2"), again, progress=False)
     assert _numbers(again) == _numbers(out)
-    for stage_file in ("clip/clip.pth", "pretrain/student_clip.pth"):
+    for stage_file in ("clip/clip.pth", "pretrain/student_clip.pth",
+                       "transfer/student/model_final.pth", "transfer/oracle/model_final.pth"):
         a = torch.load(os.path.join(out, stage_file))
         b = torch.load(os.path.join(again, stage_file))
+        a, b = a.get("model", a), b.get("model", b)
         assert all(torch.equal(a[k], b[k]) for k in a), stage_file
+    first = torch.load(os.path.join(out, "transfer/teacher/model_final.pth"))["model"]
+    assert not all(torch.equal(first[k], a[k]) for k in a)  # the check can tell models apart
 
 
 @pytest.mark.slow

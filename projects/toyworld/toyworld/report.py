@@ -1,8 +1,9 @@
 """The results table of a toy-world run (``report.md``/``report.json``, and docs/TOYWORLD.md).
 
 The markdown lists the command that made the run, the stage timings, the zero-shot table (the
-paper's Table 4 at toy scale), the transfer table (Table 1 at toy scale) and side metrics (CLIP
-retrieval, RPN recall). Every AP50 is detectron2's COCO evaluation; ``± s`` is the standard
+paper's Table 4 at toy scale), the transfer table (Table 1 at toy scale, with the oracle row),
+region recognition and pseudo labels (Fig. 1 at toy scale) and side metrics (CLIP retrieval, RPN
+recall). Every AP50 is detectron2's COCO evaluation; ``± s`` is the standard
 deviation of the same AP50 over bootstrap resamples of the test images.
 """
 import os
@@ -32,6 +33,33 @@ def _cell(result: dict, split: str) -> str:
 def _metrics(out: str, stage: str) -> dict:
     path = os.path.join(out, stage, "metrics.json")
     return read_json(path) if os.path.isfile(path) else {}
+
+
+def _percent(acc: dict) -> str:
+    return " | ".join(f"{100 * acc[s]:.1f}" for s in ("all", "base", "novel"))
+
+
+def _regions_markdown(out: str, names: Dict[str, str]) -> list:
+    """The region recognition table (the paper's Fig. 1 at toy scale) and the pseudo labels."""
+    path = os.path.join(out, "regions", "results.json")
+    if not os.path.isfile(path):
+        return []
+    reg = read_json(path)
+    lines = ["", "Region recognition of the test objects among the 12 names (Fig. 1 at toy "
+             "scale), top-1 %: `crop` encodes the object cut out and resized as a whole image, "
+             "`RoI` pools its box from the whole scene's features (what a detector does):", "",
+             "| model | crop all | crop base | crop novel | RoI all | RoI base | RoI novel |",
+             "|---|---|---|---|---|---|---|"]
+    for model in ("teacher", "student"):
+        lines.append(f"| {names[model]} | {_percent(reg[model]['crop'])} | "
+                     f"{_percent(reg[model]['roi'])} |")
+    pl = reg["teacher_pseudo_labels"]
+    lines += ["", f"Pseudo labels: of the {pl['regions']} RPN proposals that overlap a test object "
+              f"(IoU >= 0.5), {100 * pl['correct']:.1f}% get that object's shape concept from "
+              f"the teacher (base {100 * pl['correct_base']:.1f}%, novel "
+              f"{100 * pl['correct_novel']:.1f}%; most common concept '{pl['most_common']}', "
+              f"{100 * pl['most_common_share']:.1f}%)."]
+    return lines
 
 
 def results_markdown(out: str, settings, timings: Dict[str, float], command: str = "") -> str:
@@ -67,6 +95,10 @@ def results_markdown(out: str, settings, timings: Dict[str, float], command: str
     for model in ("teacher", "student"):
         lines.append(f"| {names[model]} | " + " | ".join(_cell(tr[model], s) for s in _SPLITS)
                      + " |")
+    if "oracle" in tr:
+        lines.append(f"| oracle: {settings.TRANSFER.ORACLE}, boxes of all 12 categories | "
+                     + " | ".join(_cell(tr["oracle"], s) for s in _SPLITS) + " |")
+    lines += _regions_markdown(out, names)
     clip, rpn = _metrics(out, "clip"), _metrics(out, "rpn")
     extra = []
     if clip:
@@ -107,7 +139,8 @@ def write_report(out: str, settings, timings: Dict[str, float], doc: Optional[st
     write_json(os.path.join(out, "report.json"), {
         "command": command, "timings": timings,
         "zeroshot": read_json(os.path.join(out, "zeroshot", "results.json")),
-        "transfer": read_json(os.path.join(out, "transfer", "results.json"))})
+        "transfer": read_json(os.path.join(out, "transfer", "results.json")),
+        "regions": read_json(os.path.join(out, "regions", "results.json"))})
     if doc:
         replace_section(doc, body)
     return os.path.join(out, "report.md")
