@@ -514,6 +514,32 @@ def test_demo_cli_with_user_vocabulary_and_images(micro_run, tmp_path):
     labels = {d["label"] for e in result["images"] for d in e["detections"]}
     assert labels and labels <= {"red star", "circle", "heart"}
     assert (tmp_path / "demo" / "mine_0_detections.png").is_file()
+    assert "precision and recall: not measured: the objects of these images" in proc.stdout
+
+
+@pytest.mark.slow
+def test_demo_prints_precision_and_recall_on_generated_scenes(micro_run, tmp_path, capsys):
+    from toyworld.cli import main
+    from toyworld.demo import _generated
+    from toyworld.demo_score import score_detections
+
+    out, _ = micro_run
+    args = ["demo", "--package", os.path.join(out, "demo", "toyworld_detector.pth"),
+            "--output", str(tmp_path / "demo"), "--num-scenes", "3", "--threshold", "0.0"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    result = json.load(open(tmp_path / "demo" / "detections.json"))
+    # the scores are those of the detections against the scenes' own objects
+    _, objects = _generated(3, 2024, 64)
+    novel = json.load(open(os.path.join(out, "world", "world.json")))["novel_classes"]
+    expected = score_detections([e["detections"] for e in result["images"]], objects, novel)
+    assert result["scores"] == json.loads(json.dumps(expected))
+    assert expected["all"]["objects"] == sum(len(o) for o in objects) > 0
+    assert "recall %" in printed and "precision %" in printed
+    all_row = [line for line in printed.splitlines() if line.startswith("all ")][0]
+    assert all_row.split()[1:3] == [str(expected["all"]["objects"]), str(expected["all"]["found"])]
+    assert main(args + ["--vocab", "star,ring"]) == 0  # not every category named
+    assert "not measured: the vocabulary does not name" in capsys.readouterr().out
 
 
 _ROW = re.compile(r"^\| (.+?) \| (?:(GT|RPN) \| )?([\d.]+) ± ([\d.]+) \| ([\d.]+) ± ([\d.]+) "
@@ -548,3 +574,24 @@ def test_committed_table_is_reproduced_by_its_command(tmp_path):
     for old, new in zip(rows, fresh):
         for k in (2, 4, 6):  # novel, base, all: within 3 bootstrap deviations + 0.5 points
             assert abs(float(new[k]) - float(old[k])) <= 3 * float(old[k + 1]) + 0.5, (old, new)
+
+
+def test_demo_scores_count_each_object_once_with_its_name():
+    from toyworld.demo_score import score_detections, score_table
+
+    objects = [[{"box": [0, 0, 10, 10], "name": "star"}, {"box": [20, 20, 40, 40], "name": "ring"}],
+               [{"box": [0, 0, 30, 30], "name": "heart"}]]
+    dets = [[{"box": [1, 1, 10, 10], "label": "star", "score": 0.9},   # right
+             {"box": [0, 0, 10, 11], "label": "star", "score": 0.8},   # duplicate: wrong
+             {"box": [20, 20, 40, 40], "label": "heart", "score": 0.7}],  # wrong name
+            [{"box": [0, 0, 30, 14], "label": "heart", "score": 0.5}]]  # IoU 0.47: missed
+    s = score_detections(dets, objects, novel=["heart", "ring"])
+    assert (s["base"]["objects"], s["base"]["found"], s["base"]["detections"]) == (1, 1, 2)
+    assert (s["novel"]["objects"], s["novel"]["found"], s["novel"]["detections"]) == (2, 0, 2)
+    assert s["all"]["recall"] == pytest.approx(1 / 3) and s["all"]["precision"] == 0.25
+    dets[1][0]["box"] = [0, 0, 30, 16]  # IoU 0.53: found
+    s = score_detections(dets, objects, novel=["heart", "ring"])
+    assert s["novel"]["found"] == 1 and s["novel"]["precision"] == 0.5
+    assert "novel" in score_table(s) and " 50.0" in score_table(s)
+    with pytest.raises(ValueError, match="2 images of detections but 1"):
+        score_detections(dets, objects[:1], novel=[])

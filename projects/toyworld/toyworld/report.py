@@ -35,6 +35,10 @@ def _metrics(out: str, stage: str) -> dict:
     return read_json(path) if os.path.isfile(path) else {}
 
 
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
 def _percent(acc: dict) -> str:
     return " | ".join(f"{100 * acc[s]:.1f}" for s in ("all", "base", "novel"))
 
@@ -110,6 +114,14 @@ def results_markdown(out: str, settings, timings: Dict[str, float], command: str
         extra.append(f"RPN recall (IoU 0.5, {rpn['proposals_per_image']:.0f} proposals per image): "
                      f"base {100 * rpn['recall50_base']:.1f}%, novel "
                      f"{100 * rpn['recall50_novel']:.1f}%")
+    demo = os.path.join(out, "demo", "detections.json")
+    scores = read_json(demo)["scores"] if os.path.isfile(demo) else None
+    if isinstance(scores, dict):
+        extra.append("stage 6's picture grid (the student's transfer detector, score >= "
+                      f"{settings.EVAL.GRID_SCORE_THRESH}): "
+                      + "; ".join(f"{s} {scores[s]['found']}/{scores[s]['objects']} objects found "
+                                  f"with the right name, precision {_pct(scores[s]['precision'])}"
+                                  for s in ("base", "novel")))
     if extra:
         lines += [""] + [f"- {e}" for e in extra]
     lines += ["", f"`± s`: standard deviation over {settings.EVAL.BOOTSTRAP} bootstrap resamples "
