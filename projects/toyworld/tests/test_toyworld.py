@@ -121,7 +121,7 @@ def test_input_size_scales_the_rpn_anchors_and_every_stage_input():
     from toyworld.common import stage_cfg
     from toyworld.train_rpn import rpn_cfg
 
-    plain = rpn_cfg(_micro(), "arch.json")
+    plain = rpn_cfg(_micro("INPUT_SIZE", "0"), "arch.json")
     big = rpn_cfg(_micro("INPUT_SIZE", "96"), "arch.json")
     assert plain.INPUT.MAX_SIZE_TRAIN == 64 and big.INPUT.MAX_SIZE_TRAIN == 96
     assert big.INPUT.MIN_SIZE_TEST == 96
@@ -379,13 +379,20 @@ def test_every_stage_writes_its_outputs(micro_run):
 
 
 @torch.no_grad()
-def _reference_roi_embeddings(clip, images, rows):
-    """Region embeddings computed by hand from a CLIP file: RoIAlign of (image, x0, y0, x1, y1)
-    rows on res4 (stride 16, output 2x the attention-pool grid), then res5 and the attention
-    pool; the reference for the library's :meth:`RegionCLIP.encode_regions`."""
+def _reference_roi_embeddings(clip, images, rows, size):
+    """Region embeddings computed by hand from a CLIP file: the scenes resized to ``size``
+    (PIL bilinear), RoIAlign of (image, x0, y0, x1, y1) rows on res4 (stride 16, output 2x the
+    attention-pool grid), then res5 and the attention pool; the reference for the library's
+    :meth:`RegionCLIP.encode_regions`."""
+    from PIL import Image
     from torchvision.ops import roi_align
     from toyworld.train_clip import normalize
 
+    scale = size / images.shape[1]
+    images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR))
+                       for im in images])
+    rows = rows.clone().float()
+    rows[:, 1:] *= scale
     visual = clip.visual
     res = 2 * int(round((visual.attnpool.positional_embedding.shape[0] - 1) ** 0.5))
     feats = visual.forward_features(normalize(images), ["res4"])["res4"]
@@ -393,7 +400,7 @@ def _reference_roi_embeddings(clip, images, rows):
 
 
 @torch.no_grad()
-def _reference_crop_embeddings(clip, images, rows, context=1.2):
+def _reference_crop_embeddings(clip, images, rows, size, context=1.2):
     from toyworld.train_clip import normalize
 
     from regionclip.api import crop_and_resize
@@ -432,7 +439,7 @@ def test_analysis_agrees_with_a_reference_on_the_clip_files(micro_run, tmp_path)
         text = F.normalize(text_embeddings(clip.encode_text, world.class_names,
                                            settings.EVAL.PROMPTS), dim=-1)
         for mode, fn in (("roi", _reference_roi_embeddings), ("crop", _reference_crop_embeddings)):
-            emb = fn(clip, images, rows)
+            emb = fn(clip, images, rows, settings.INPUT_SIZE)
             reference[name, mode] = emb
             hit = ((F.normalize(emb, dim=-1) @ text.t()).argmax(1) == labels).float()
             for split, mask in (("all", torch.ones_like(is_base)), ("base", is_base),
