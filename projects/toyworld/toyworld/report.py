@@ -66,6 +66,57 @@ def _regions_markdown(out: str, names: Dict[str, str]) -> list:
     return lines
 
 
+def _check(name: str, value: float, target: float, unit: str = "", fmt: str = ".1f") -> str:
+    """A row of the checks table: measured value, target (value >= target), met or short by."""
+    met = value >= target
+    gap = "met" if met else f"short by {target - value:{fmt}}{unit}"
+    return f"| {name} | {value:{fmt}}{unit} | >= {target:{fmt}}{unit} | {gap} |"
+
+
+def _checks_markdown(out: str, timings: Dict[str, float]) -> list:
+    """What the toy world should show (docs/TOYWORLD.md), measured by this run."""
+    path = os.path.join(out, "regions", "results.json")
+    if not os.path.isfile(path):
+        return []
+    reg = read_json(path)
+    zs = read_json(os.path.join(out, "zeroshot", "results.json"))
+    tr = read_json(os.path.join(out, "transfer", "results.json"))
+    t, st = reg["teacher"], reg["student"]
+    rows = [_check("teacher crop accuracy, all %", 100 * t["crop"]["all"], 70),
+            _check("teacher crop accuracy, novel %", 100 * t["crop"]["novel"], 50),
+            _check("teacher crop minus RoI accuracy (Fig. 1: RoI below crop), points",
+                   100 * (t["crop"]["all"] - t["roi"]["all"]), 0.1)]
+    for split in ("all", "novel"):
+        rows += [_check(f"student RoI accuracy, {split} %", 100 * st["roi"][split], 60),
+                 _check(f"student minus teacher RoI accuracy, {split}, points",
+                        100 * (st["roi"][split] - t["roi"][split]), 15)]
+    rows.append(_check("pseudo labels naming the right shape %",
+                       100 * reg["teacher_pseudo_labels"]["correct"], 60))
+    for regions in ("GT", "RPN"):
+        teacher = zs["teacher"][regions]["coco"]["AP50_novel"]
+        student = zs["student"][regions]["coco"]["AP50_novel"]
+        rows.append(_check(f"zero-shot novel AP50, {regions} boxes, student / teacher",
+                           student / max(teacher, 1e-9), 1.5, "x", ".2f"))
+    s_tr, t_tr = tr["student"]["coco"], tr["teacher"]["coco"]
+    rows += [_check("transfer from the student, base AP50", s_tr["AP50_base"], 70),
+             _check("transfer from the student, novel AP50", s_tr["AP50_novel"], 25),
+             _check("transfer novel AP50, student minus teacher", s_tr["AP50_novel"]
+                    - t_tr["AP50_novel"], 0.1)]
+    demo = os.path.join(out, "demo", "detections.json")
+    scores = read_json(demo)["scores"] if os.path.isfile(demo) else None
+    if isinstance(scores, dict):
+        for split in ("base", "novel"):
+            if scores[split]["recall"] is not None:
+                rows.append(_check(f"picture grid: objects found with the right name, {split} %",
+                                   100 * scores[split]["recall"], 70))
+    total = sum(timings.values()) / 60
+    met = "met" if total <= 20 else f"over by {total - 20:.1f} min"
+    rows.append(f"| time of the run (this machine, see the timing note) | {total:.1f} min | "
+                f"<= 20 min | {met} |")
+    return ["", "What the toy world should show, measured by this run:", "",
+            "| check | measured | target | |", "|---|---|---|---|"] + rows
+
+
 def results_markdown(out: str, settings, timings: Dict[str, float], command: str = "") -> str:
     """Markdown of the run in ``out`` (zero-shot and transfer results must exist)."""
     zs = read_json(os.path.join(out, "zeroshot", "results.json"))
@@ -124,6 +175,7 @@ def results_markdown(out: str, settings, timings: Dict[str, float], command: str
                                   for s in ("base", "novel")))
     if extra:
         lines += [""] + [f"- {e}" for e in extra]
+    lines += _checks_markdown(out, timings)
     lines += ["", f"`± s`: standard deviation over {settings.EVAL.BOOTSTRAP} bootstrap resamples "
               "of the test images (test-set sampling noise only; see the seed spread in the text)."]
     return "\n".join(lines) + "\n"
