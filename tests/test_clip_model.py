@@ -224,6 +224,37 @@ def test_attention_pool_equals_full_attention():
         pool(torch.randn(1, 32, 4, 3))
 
 
+def test_attention_pool_gradients_equal_full_attention():
+    # the pool trains (pretraining): its gradients are those of full attention too, including
+    # the key bias's (zero: the softmax ignores it) and the positional embedding's
+    torch.manual_seed(0)
+    pool = randomize_(AttentionPool2d(spacial_dim=3, embed_dim=32, num_heads=4, output_dim=20))
+    x = torch.randn(5, 32, 3, 3, requires_grad=True)
+    weights = torch.randn(5, 20)
+    grads = []
+    for fn in (pool, lambda t: _naive_attention_pool(pool, t)):
+        pool.zero_grad()
+        x.grad = None
+        (fn(x) * weights).sum().backward()
+        grads.append([x.grad.clone()] + [torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                                         for p in pool.parameters()])
+    for ours, naive in zip(*grads):
+        torch.testing.assert_close(ours, naive, rtol=1e-4, atol=1e-5)
+    assert pool.positional_embedding.grad.abs().sum() > 0
+
+
+def test_attention_pool_runs_in_full_precision_under_autocast():
+    torch.manual_seed(0)
+    pool = randomize_(AttentionPool2d(spacial_dim=3, embed_dim=32, num_heads=4, output_dim=20))
+    x = torch.randn(5, 32, 3, 3).bfloat16()
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = pool(x)
+        full = pool(x.float())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, full, rtol=1e-6, atol=1e-6)
+
+
 def test_text_tower_is_causal_and_pools_at_largest_id():
     torch.manual_seed(0)
     text = randomize_(build_text(TINY)).eval()
