@@ -73,7 +73,8 @@ def _parity(open_clip, name, preset, batch):
     reference = randomize_(open_clip.create_model(f"{name}-quickgelu", pretrained=None)).eval()
     size = PRESETS[preset].visual.image_size
     calibrate_batchnorm_(reference.visual, size, batch=2)  # or every image embeds alike
-    ours = build_clip(preset).eval()
+    # the same computation as open_clip's, layer by layer (folded norms: tests/test_folding.py)
+    ours = build_clip(preset, fold_norms=False).eval()
     reference_sd = reference.state_dict()
     # open_clip's only entry outside the two towers is logit_scale, which CLIP also has.
     assert set(reference_sd) == set(ours.state_dict())
@@ -90,7 +91,7 @@ def _parity(open_clip, name, preset, batch):
         # The separate towers load the split state dict 1:1 as well.
         visual_sd, text_sd = split_clip_state_dict(reference_sd)
         with torch.device("meta"):  # skip the random init; assign=True materialises the weights
-            visual, text = build_visual(preset).eval(), build_text(preset).eval()
+            visual, text = build_visual(preset, fold_norms=False).eval(), build_text(preset).eval()
         visual.load_state_dict(visual_sd, strict=True, assign=True)
         text.load_state_dict(text_sd, strict=True, assign=True)
         text.attn_mask = ours.attn_mask  # non-persistent buffer, not in the state dict

@@ -19,6 +19,8 @@ from typing import Callable, Dict, Iterable, Sequence
 import torch
 from torch import nn
 
+from .folding import can_fold, conv_norm, fast_layout
+
 __all__ = ["AttentionPool2d", "Bottleneck", "ModifiedResNet", "FEATURE_NAMES"]
 
 FEATURE_NAMES = ("stem", "res2", "res3", "res4", "res5")
@@ -37,13 +39,16 @@ class Bottleneck(nn.Module):
         planes (int): bottleneck width; the block outputs ``4 * planes`` channels.
         stride (int): spatial down-sampling factor (1 or 2).
         norm_layer (callable): ``norm_layer(num_channels)`` builds each normalisation layer.
+        fold_norms (bool): when no gradient is recorded and the norms are frozen, run each
+            convolution with its norm folded in (:mod:`.folding`; same result up to rounding).
     """
 
     expansion = 4
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1,
-                 norm_layer: NormLayer = nn.BatchNorm2d):
+                 norm_layer: NormLayer = nn.BatchNorm2d, fold_norms: bool = True):
         super().__init__()
+        self.fold_norms = fold_norms
         out_channels = planes * self.expansion
         self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
         self.bn1 = norm_layer(planes)
@@ -65,11 +70,32 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x (Tensor): (N, C, H, W). Returns: Tensor (N, 4*planes, H/stride, W/stride)."""
+        if self.fold_norms and can_fold(self._convs(), self._norms()):
+            return self._forward_folded(x)
         shortcut = x if self.downsample is None else self.downsample(x)
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.relu(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(self.avgpool(y)))
         return self.relu(y + shortcut)
+
+    def _convs(self):
+        convs = [self.conv1, self.conv2, self.conv3]
+        return convs if self.downsample is None else convs + [self.downsample[1]]
+
+    def _norms(self):
+        norms = [self.bn1, self.bn2, self.bn3]
+        return norms if self.downsample is None else norms + [self.downsample[2]]
+
+    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+        # the main branch first: its intermediates are freed before the shortcut is computed
+        x = fast_layout(x)
+        y = conv_norm(x, self.conv1, self.bn1).relu_()
+        y = conv_norm(y, self.conv2, self.bn2).relu_()
+        y = conv_norm(self.avgpool(y), self.conv3, self.bn3)
+        if self.downsample is None:
+            return y.add_(x).relu_()
+        pool, conv, norm = self.downsample
+        return y.add_(conv_norm(pool(x), conv, norm)).relu_()
 
 
 class AttentionPool2d(nn.Module):
@@ -175,10 +201,14 @@ class ModifiedResNet(nn.Module):
         heads (int): attention-pool heads (CLIP uses ``32 * width // 64``).
         norm_layer (callable): ``norm_layer(num_channels)`` builds every normalisation layer, e.g.
             ``nn.BatchNorm2d`` (default) or detectron2's ``FrozenBatchNorm2d``.
+        fold_norms (bool): fold frozen norms into the convolutions when no gradient is recorded
+            (:mod:`.folding`: same outputs up to float rounding, faster); False computes every
+            layer as it is, like OpenAI's code.
     """
 
     def __init__(self, layers: Sequence[int], width: int = 64, image_size: int = 224,
-                 output_dim: int = 1024, heads: int = None, norm_layer: NormLayer = nn.BatchNorm2d):
+                 output_dim: int = 1024, heads: int = None, norm_layer: NormLayer = nn.BatchNorm2d,
+                 fold_norms: bool = True):
         super().__init__()
         if len(layers) != 4:
             raise ValueError(f"ModifiedResNet needs 4 stage depths, got layers={list(layers)}")
@@ -190,6 +220,7 @@ class ModifiedResNet(nn.Module):
         self.image_size = image_size
         self.output_dim = output_dim
         self.heads = heads or width * 32 // 64
+        self.fold_norms = fold_norms
 
         self.conv1 = nn.Conv2d(3, width // 2, 3, stride=2, padding=1, bias=False)
         self.bn1 = norm_layer(width // 2)
@@ -203,9 +234,10 @@ class ModifiedResNet(nn.Module):
         in_channels = width
         for index, (blocks, stride) in enumerate(zip(self.layers, (1, 2, 2, 2))):
             planes = width * 2 ** index
-            stage = [Bottleneck(in_channels, planes, stride, norm_layer)]
+            stage = [Bottleneck(in_channels, planes, stride, norm_layer, fold_norms)]
             in_channels = planes * Bottleneck.expansion
-            stage += [Bottleneck(in_channels, planes, 1, norm_layer) for _ in range(blocks - 1)]
+            stage += [Bottleneck(in_channels, planes, 1, norm_layer, fold_norms)
+                      for _ in range(blocks - 1)]
             setattr(self, f"layer{index + 1}", nn.Sequential(*stage))
 
         self.attnpool = AttentionPool2d(image_size // 32, width * 32, self.heads, output_dim)
@@ -240,6 +272,13 @@ class ModifiedResNet(nn.Module):
             Tensor: (N, width, H/4, W/4).
         """
         x = x.to(self.conv1.weight.dtype)
+        if self.fold_norms and can_fold([self.conv1, self.conv2, self.conv3],
+                                         [self.bn1, self.bn2, self.bn3]):
+            x = fast_layout(x)
+            for conv, norm in ((self.conv1, self.bn1), (self.conv2, self.bn2),
+                               (self.conv3, self.bn3)):
+                x = conv_norm(x, conv, norm).relu_()
+            return self.avgpool(x)
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.relu(self.bn2(self.conv2(x)))
         x = self.relu(self.bn3(self.conv3(x)))

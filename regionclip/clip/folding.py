@@ -1,0 +1,82 @@
+"""Inference without normalisation layers: each frozen norm folded into the convolution before it.
+
+A frozen batch norm is the per-channel affine map ``y = x * s + t`` with ``s = gamma /
+sqrt(var + eps)`` and ``t = beta - mean * s``; after a convolution with weight ``W`` (and bias
+``b``) the two are one convolution with weight ``W * s`` and bias ``b * s + t``. The folded
+weights are computed from the current parameters at every call (a few milliseconds for a whole
+RN50) and kept nowhere: the modules, their state dict and training are unchanged, and a weight
+loaded or moved later is used by the next call. Outputs move by float rounding only.
+
+:func:`can_fold` decides when this applies: the norm is detectron2's ``FrozenBatchNorm2d`` or a
+``torch.nn`` batch norm in eval mode with running statistics, and no gradient is being recorded
+(training, and any forward pass that back-propagates, sees the layers as they are), and none of
+the layers has forward hooks (a hook sees its layer run as it is).
+
+The folded path also runs the convolutions in channels-last memory format (oneDNN and cuDNN
+convolve it without reordering to an internal layout at every call), cast once to the autocast
+dtype when autocast is on.
+"""
+from typing import Iterable, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["is_frozen_norm", "can_fold", "folded_weights", "conv_norm", "fast_layout"]
+
+
+def is_frozen_norm(norm: nn.Module) -> bool:
+    """Whether ``norm`` is a fixed per-channel affine map now: detectron2's ``FrozenBatchNorm2d``
+    (recognised by name; ``regionclip.clip`` does not import detectron2) or a ``torch.nn`` batch
+    norm in eval mode that uses running statistics."""
+    if type(norm).__name__ == "FrozenBatchNorm2d":
+        return all(hasattr(norm, a) for a in ("weight", "bias", "running_mean", "running_var"))
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        return (not norm.training and norm.track_running_stats and norm.running_var is not None
+                and norm.running_mean is not None)
+    return False
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def can_fold(convs: Iterable[nn.Module], norms: Iterable[nn.Module]) -> bool:
+    """True when no gradient is recorded, every layer of ``norms`` :func:`is_frozen_norm`, and no
+    layer of ``convs`` and ``norms`` has forward hooks (which would not run when folded)."""
+    if torch.is_grad_enabled():
+        return False
+    norms = list(norms)
+    return (all(is_frozen_norm(n) for n in norms)
+            and not any(_hooked(m) for m in list(convs) + norms))
+
+
+def folded_weights(conv: nn.Conv2d, norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(weight, bias)`` of the convolution ``norm(conv(x))``, computed in float32 at least
+    (float64 parameters stay float64) and returned in the dtype of ``conv.weight``."""
+    dtype = torch.promote_types(conv.weight.dtype, torch.float32)
+    var, mean = norm.running_var.to(dtype), norm.running_mean.to(dtype)
+    gamma = torch.ones_like(var) if norm.weight is None else norm.weight.to(dtype)
+    beta = torch.zeros_like(var) if norm.bias is None else norm.bias.to(dtype)
+    scale = gamma * torch.rsqrt(var + norm.eps)
+    shift = beta - mean * scale
+    if conv.bias is not None:
+        shift = shift + conv.bias.to(dtype) * scale
+    weight = conv.weight.to(dtype) * scale.view(-1, *([1] * (conv.weight.dim() - 1)))
+    return weight.to(conv.weight.dtype), shift.to(conv.weight.dtype)
+
+
+def conv_norm(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module) -> torch.Tensor:
+    """``norm(conv(x))`` as one convolution with :func:`folded_weights` (same stride, padding,
+    dilation and groups as ``conv``)."""
+    weight, bias = folded_weights(conv, norm)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def fast_layout(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (N, C, H, W) in channels-last memory format, and in the autocast dtype of its device
+    when autocast is on (one copy instead of two; a no-op when already so)."""
+    dtype = x.dtype
+    if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+    return x.to(dtype=dtype, memory_format=torch.channels_last)
