@@ -126,6 +126,11 @@ def test_state_dict_is_untouched_and_new_weights_are_used():
     with torch.no_grad():
         second, wanted = tower(images), _unfolded(other)(images)
     assert _rel(second, wanted) < 1e-5 and _rel(first, wanted) > 0.05
+    with torch.no_grad():  # an in-place change of one statistic is seen too
+        tower.layer2[1].bn2.running_var.mul_(3.0)
+        other.layer2[1].bn2.running_var.mul_(3.0)
+        third, wanted = tower(images), _unfolded(other)(images)
+    assert _rel(third, wanted) < 1e-5 and _rel(third, second) > 1e-3
 
 
 def test_bfloat16_autocast_folded_stays_close():

@@ -3,9 +3,11 @@
 A frozen batch norm is the per-channel affine map ``y = x * s + t`` with ``s = gamma /
 sqrt(var + eps)`` and ``t = beta - mean * s``; after a convolution with weight ``W`` (and bias
 ``b``) the two are one convolution with weight ``W * s`` and bias ``b * s + t``. The folded
-weights are computed from the current parameters at every call (a few milliseconds for a whole
-RN50) and kept nowhere: the modules, their state dict and training are unchanged, and a weight
-loaded or moved later is used by the next call. Outputs move by float rounding only.
+weights are computed from the current parameters, in the dtype and memory format of the
+convolution, and kept on the convolution module as a plain attribute (not a parameter or buffer:
+the state dict is unchanged) together with the identity and version counter of every tensor they
+come from: a weight updated in place, loaded, replaced or moved is folded again at the next call.
+Training is unchanged. Outputs move by float rounding only.
 
 :func:`can_fold` decides when this applies: the norm is detectron2's ``FrozenBatchNorm2d`` or a
 ``torch.nn`` batch norm in eval mode with running statistics, and no gradient is being recorded
@@ -16,13 +18,14 @@ The folded path also runs the convolutions in channels-last memory format (oneDN
 convolve it without reordering to an internal layout at every call), cast once to the autocast
 dtype when autocast is on.
 """
-from typing import Iterable, Tuple
+from typing import Iterable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["is_frozen_norm", "can_fold", "folded_weights", "conv_norm", "fast_layout"]
+__all__ = ["is_frozen_norm", "can_fold", "folded_weights", "cached_folded_weights", "conv_norm",
+           "fast_layout"]
 
 
 def is_frozen_norm(norm: nn.Module) -> bool:
@@ -66,10 +69,37 @@ def folded_weights(conv: nn.Conv2d, norm: nn.Module) -> Tuple[torch.Tensor, torc
     return weight.to(conv.weight.dtype), shift.to(conv.weight.dtype)
 
 
-def conv_norm(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module) -> torch.Tensor:
-    """``norm(conv(x))`` as one convolution with :func:`folded_weights` (same stride, padding,
-    dilation and groups as ``conv``)."""
+def _state(t: Optional[torch.Tensor]):
+    return None if t is None else (id(t), t.data_ptr(), t._version, t.dtype, t.device)
+
+
+def cached_folded_weights(conv: nn.Conv2d, norm: nn.Module, dtype: torch.dtype,
+                          memory_format: torch.memory_format
+                          ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`folded_weights` in ``dtype`` and ``memory_format``, kept on ``conv`` (attribute
+    ``_folded``) until one of the tensors it comes from changes (module doc)."""
+    sources = (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean,
+               norm.running_var)
+    key = (tuple(_state(t) for t in sources), norm.eps, dtype, memory_format)
+    cached = conv.__dict__.get("_folded")
+    if cached is not None and cached[0] == key:
+        return cached[1]
     weight, bias = folded_weights(conv, norm)
+    folded = (weight.to(dtype=dtype, memory_format=memory_format), bias.to(dtype))
+    conv.__dict__["_folded"] = (key, folded)
+    return folded
+
+
+def conv_norm(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module) -> torch.Tensor:
+    """``norm(conv(x))`` as one convolution with the folded weights (same stride, padding,
+    dilation and groups as ``conv``), in the dtype of ``x`` under autocast (else of the weights)
+    and the memory format of ``x``."""
+    dtype = conv.weight.dtype
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+    layout = (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+              and not x.is_contiguous() else torch.contiguous_format)
+    weight, bias = cached_folded_weights(conv, norm, dtype, layout)
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
