@@ -56,3 +56,16 @@ def test_no_regions():
     with torch.no_grad():
         got = pool_regions(pooler, features, [_boxes(0, 0)] * 3, threads=2)
     assert got.shape == (0, 16, 7, 7)
+
+
+def test_a_trace_does_not_fix_the_number_of_regions():
+    pooler, features, boxes = _case()
+
+    def pool(feature, rois):
+        return pool_regions(pooler, [feature], [Boxes(rois)], threads=2)
+
+    with torch.no_grad():
+        traced = torch.jit.trace(pool, (features[0][:1], boxes[0].tensor[:20]))
+        got = traced(features[0][:1], boxes[2].tensor)  # 41 regions, traced with 20
+        wanted = pooler([features[0][:1]], [boxes[2]])
+    assert torch.equal(got, wanted)

@@ -22,6 +22,12 @@ __all__ = ["pool_regions"]
 MIN_REGIONS_PER_TASK = 16
 
 
+def _tracing() -> bool:
+    """A trace or compilation records the ops: the chunks would be fixed to the sample's count."""
+    return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_compiling())
+
+
 def pool_regions(pooler: ROIPooler, features: List[torch.Tensor], boxes: List[Boxes],
                  threads: int = 0) -> torch.Tensor:
     """``pooler(features, boxes)``: (R, C, S, S) region features, in parallel at inference.
@@ -34,12 +40,13 @@ def pool_regions(pooler: ROIPooler, features: List[torch.Tensor], boxes: List[Bo
 
     Returns:
         Tensor: the pooled regions; at inference on the CPU channels-last and in the autocast
-        dtype when autocast is on.
+        dtype when autocast is on. While tracing or compiling (ONNX export), ``pooler``'s own
+        result: the graph must not fix the number of regions.
     """
     feature = features[0]
     threads = threads or torch.get_num_threads()
     if (torch.is_grad_enabled() or feature.device.type != "cpu" or len(pooler.level_poolers) != 1
-            or len(boxes) != feature.shape[0]):
+            or len(boxes) != feature.shape[0] or _tracing()):
         return pooler(features, boxes)
     rois = convert_boxes_to_pooler_format(boxes)
     total = rois.shape[0]
