@@ -67,8 +67,8 @@ def test_the_comparison_detects_a_wrong_fold(monkeypatch, wrong):
     plain = _unfolded(tower)
     right = folding.folded_weights
 
-    def wrong_fold(conv, norm):
-        weight, bias = right(conv, norm)
+    def wrong_fold(conv, norm, *args):
+        weight, bias = right(conv, norm, *args)
         scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
         if wrong == "no_eps":  # eps 1e-5 left out
             factor = torch.rsqrt(norm.running_var) / torch.rsqrt(norm.running_var + norm.eps)

@@ -25,21 +25,25 @@ def test_parallel_pooling_equals_the_pooler(threads):
     pooler, features, boxes = _case()
     with torch.no_grad():
         wanted = pooler(features, boxes)
-        got = pool_regions(pooler, features, boxes, threads=threads)
+        got = pool_regions(pooler, features, boxes, threads=threads, task_bytes=0)
     assert got.shape == (78, 16, 7, 7) and got.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(got, wanted)  # same kernel, same inputs: identical values
     # the regions stay in image order: a permutation would be seen
     assert not torch.equal(got, torch.cat([wanted[37:], wanted[:37]]))
 
 
-def test_parallel_pooling_under_autocast_gives_the_autocast_dtype():
+def test_parallel_pooling_under_autocast_keeps_float32_boxes():
     pooler, features, boxes = _case()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        bf16 = [features[0].bfloat16()]
-        wanted = pooler(bf16, boxes)
-        got = pool_regions(pooler, bf16, boxes, threads=2)
-    assert got.dtype == wanted.dtype == torch.bfloat16
+    bf16 = [features[0].bfloat16()]
+    with torch.no_grad():
+        wanted = pooler([bf16[0].float()], boxes).bfloat16()  # float32 kernel and boxes
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = pool_regions(pooler, bf16, boxes, threads=2, task_bytes=0)
+            # detectron2's ROIAlign casts the boxes to the features' dtype: bfloat16 boxes
+            rounded = pooler(bf16, boxes)
+    assert got.dtype == torch.bfloat16
     assert torch.equal(got, wanted)
+    assert not torch.equal(got, rounded)
 
 
 def test_pooling_with_gradients_is_the_pooler():
@@ -62,7 +66,7 @@ def test_a_trace_does_not_fix_the_number_of_regions():
     pooler, features, boxes = _case()
 
     def pool(feature, rois):
-        return pool_regions(pooler, [feature], [Boxes(rois)], threads=2)
+        return pool_regions(pooler, [feature], [Boxes(rois)], threads=2, task_bytes=0)
 
     with torch.no_grad():
         traced = torch.jit.trace(pool, (features[0][:1], boxes[0].tensor[:20]))

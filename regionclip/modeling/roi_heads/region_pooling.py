@@ -6,10 +6,13 @@ workers (the kernel releases the GIL), and each chunk is written into one preall
 channels-last output in the compute dtype (the autocast dtype under autocast, as torchvision's
 autocast wrapper returns), so that neither a concatenation nor res5's first block copies it
 again. Every region is pooled by the same kernel on the same inputs: the values are those of
-``pooler(features, boxes)`` exactly.
+``pooler(features, boxes)`` exactly. Under autocast the features go to the kernel in float32 as
+torchvision's autocast wrapper does, and so do the boxes (detectron2's ``ROIAlign`` would cast
+them to the features' dtype: in bfloat16 a coordinate near 1000 px is rounded to a multiple of
+8 px).
 """
-import contextlib
 import math
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import List
 
@@ -19,7 +22,11 @@ from detectron2.structures import Boxes
 
 __all__ = ["pool_regions"]
 
+# Regions per task: at least this many, and at least MIN_TASK_BYTES of float32 output. glibc
+# hands blocks above 32 MB back to the system when they are freed; smaller ones stay in the
+# worker threads' own arenas and would add to the process's peak memory.
 MIN_REGIONS_PER_TASK = 16
+MIN_TASK_BYTES = 40 * 2 ** 20
 
 
 def _tracing() -> bool:
@@ -29,7 +36,7 @@ def _tracing() -> bool:
 
 
 def pool_regions(pooler: ROIPooler, features: List[torch.Tensor], boxes: List[Boxes],
-                 threads: int = 0) -> torch.Tensor:
+                 threads: int = 0, task_bytes: int = MIN_TASK_BYTES) -> torch.Tensor:
     """``pooler(features, boxes)``: (R, C, S, S) region features, in parallel at inference.
 
     Args:
@@ -37,6 +44,7 @@ def pool_regions(pooler: ROIPooler, features: List[torch.Tensor], boxes: List[Bo
         features (list[Tensor]): the feature maps, one per pooler level.
         boxes (list[Boxes]): regions per image.
         threads (int): workers; 0 means ``torch.get_num_threads()``.
+        task_bytes (int): least float32 output of one task (module note on ``MIN_TASK_BYTES``).
 
     Returns:
         Tensor: the pooled regions; at inference on the CPU channels-last and in the autocast
@@ -57,21 +65,33 @@ def pool_regions(pooler: ROIPooler, features: List[torch.Tensor], boxes: List[Bo
                       memory_format=torch.channels_last)
     if total == 0:
         return out
-    tasks = max(1, min(threads * 4, total // MIN_REGIONS_PER_TASK))
-    step = math.ceil(total / tasks)
+    per_region = feature.shape[1] * size[0] * size[1] * 4  # float32 kernel output
+    step = max(MIN_REGIONS_PER_TASK, math.ceil(task_bytes / per_region))
+    if threads > 1:  # a few tasks per thread, no smaller than that
+        step = max(step, math.ceil(total / (threads * 4)))
     level = pooler.level_poolers[0]
-    feature = feature.contiguous()  # what the kernel takes: converted once, not per chunk
+    # what the kernel takes (torchvision's autocast wrapper casts to float32), converted once
+    # here, not in every task; the workers run without autocast (it is thread-local anyway)
+    feature = (feature.float() if autocast else feature).contiguous()
 
-    def pool(start: int) -> None:
-        # autocast is thread-local: each worker enters the caller's
-        context = torch.autocast("cpu", dtype=dtype) if autocast else contextlib.nullcontext()
-        with torch.no_grad(), context:
-            out[start:start + step].copy_(level(feature, rois[start:start + step]))
+    def pool(start: int) -> torch.Tensor:
+        with torch.no_grad():
+            return level(feature, rois[start:start + step])
 
-    if tasks == 1 or threads <= 1:
-        for start in range(0, total, step):
-            pool(start)
+    starts = list(range(0, total, step))
+    if threads <= 1 or len(starts) == 1:
+        for start in starts:
+            out[start:start + step].copy_(pool(start))
         return out
+    # The workers only run the (single-threaded) kernel; this thread copies each finished chunk
+    # into the output (with all intra-op threads) while they pool the next ones. At most
+    # ``threads`` chunks are in flight, so the float32 chunks alive stay bounded.
     with ThreadPoolExecutor(max_workers=threads) as executor:
-        list(executor.map(pool, range(0, total, step)))
+        pending = deque(executor.submit(pool, start) for start in starts[:threads])
+        for i, start in enumerate(starts):
+            chunk = pending.popleft().result()
+            if i + threads < len(starts):
+                pending.append(executor.submit(pool, starts[i + threads]))
+            out[start:start + step].copy_(chunk)
+            del chunk
     return out
