@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["is_frozen_norm", "can_fold", "folded_weights", "conv_norm", "fast_layout"]
+__all__ = ["is_tracing", "is_frozen_norm", "can_fold", "folded_weights", "conv_norm", "fast_layout"]
 
 
 def is_frozen_norm(norm: nn.Module) -> bool:
@@ -37,6 +37,12 @@ def is_frozen_norm(norm: nn.Module) -> bool:
         return (not norm.training and norm.track_running_stats and norm.running_var is not None
                 and norm.running_mean is not None)
     return False
+
+
+def is_tracing() -> bool:
+    """Whether the ops are being recorded (TorchScript trace, ONNX export, torch.compile)."""
+    return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_compiling())
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -71,8 +77,11 @@ def folded_weights(conv: nn.Conv2d, norm: nn.Module, dtype: Optional[torch.dtype
     shift = beta - mean * scale
     if conv.bias is not None:
         shift = shift + conv.bias.to(work) * scale
+    scale = scale.view(-1, *([1] * (conv.weight.dim() - 1)))
+    if is_tracing():  # exporters do not take out= arguments
+        return (conv.weight * scale).to(dtype=dtype, memory_format=memory_format), shift.to(dtype)
     weight = torch.empty_like(conv.weight, dtype=dtype, memory_format=memory_format)
-    torch.mul(conv.weight, scale.view(-1, *([1] * (conv.weight.dim() - 1))), out=weight)
+    torch.mul(conv.weight, scale, out=weight)
     return weight, shift.to(dtype)
 
 

@@ -20,6 +20,8 @@ import torch
 from detectron2.modeling.poolers import ROIPooler, convert_boxes_to_pooler_format
 from detectron2.structures import Boxes
 
+from regionclip.clip.folding import is_tracing
+
 __all__ = ["pool_regions"]
 
 # Regions per task: at least this many, and at least MIN_TASK_BYTES of float32 output. glibc
@@ -27,12 +29,6 @@ __all__ = ["pool_regions"]
 # worker threads' own arenas and would add to the process's peak memory.
 MIN_REGIONS_PER_TASK = 16
 MIN_TASK_BYTES = 40 * 2 ** 20
-
-
-def _tracing() -> bool:
-    """A trace or compilation records the ops: the chunks would be fixed to the sample's count."""
-    return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-            or torch.compiler.is_compiling())
 
 
 def pool_regions(pooler: ROIPooler, features: List[torch.Tensor], boxes: List[Boxes],
@@ -54,7 +50,7 @@ def pool_regions(pooler: ROIPooler, features: List[torch.Tensor], boxes: List[Bo
     feature = features[0]
     threads = threads or torch.get_num_threads()
     if (torch.is_grad_enabled() or feature.device.type != "cpu" or len(pooler.level_poolers) != 1
-            or len(boxes) != feature.shape[0] or _tracing()):
+            or len(boxes) != feature.shape[0] or is_tracing()):
         return pooler(features, boxes)
     rois = convert_boxes_to_pooler_format(boxes)
     total = rois.shape[0]
