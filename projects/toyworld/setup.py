@@ -12,7 +12,8 @@ from setuptools import setup
 setup(
     name="regionclip-toyworld",
     version="0.1.0",
-    description="RegionCLIP end to end on a generated open-vocabulary world (a project of regionclip)",
+    description=("RegionCLIP end to end on a generated open-vocabulary world "
+                 "(a project of regionclip)"),
     license="MIT",
     python_requires=">=3.9",
     packages=["toyworld"],

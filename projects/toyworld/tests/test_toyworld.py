@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from toyworld.ap import MatchTable, bootstrap_ap50, split_ap50
 from toyworld.captions import caption_nouns, make_caption
 from toyworld.pipeline import MARKERS, STAGES, run_pipeline
@@ -91,6 +90,50 @@ def test_crop_closeups_frame_one_object_of_a_full_scene(context):
                 assert side > 0.8, (seed, obj["bbox"])
             else:
                 assert 1 / 2.5 < side < 1 / 1.2, (seed, obj["bbox"])
+
+
+def test_detection_inputs_resize_scene_and_boxes_and_keep_the_scene_size():
+    from toyworld.common import detection_inputs
+
+    rng = np.random.default_rng(0)
+    scene = draw_scene(rng, SceneSpec(image_size=(64, 64), objects=(2, 2), clutter=0.0))
+    image = scene.image[None]
+    box = np.array([[o["bbox"][0], o["bbox"][1], o["bbox"][0] + o["bbox"][2],
+                     o["bbox"][1] + o["bbox"][3]] for o in scene.objects], np.float32)
+    boxes = [{"boxes": box, "classes": np.array([0, 1])}]
+    same = detection_inputs(image, boxes, 0)
+    big = detection_inputs(image, boxes, 0, size=96)
+    assert same["image"].shape == (3, 64, 64) and big["image"].shape == (3, 96, 96)
+    assert (big["height"], big["width"]) == (64, 64)  # outputs come back in scene pixels
+    np.testing.assert_allclose(big["instances"].gt_boxes.tensor.numpy(), box * 1.5, atol=1e-4)
+    # the picture is the scene's, upsampled: each object's mean colour is kept
+    for (x0, y0, x1, y1) in box.astype(int):
+        small = same["image"][:, y0 + 2:y1 - 2, x0 + 2:x1 - 2].mean((1, 2))
+        large = big["image"][:, int(y0 * 1.5) + 3:int(y1 * 1.5) - 3,
+                             int(x0 * 1.5) + 3:int(x1 * 1.5) - 3].mean((1, 2))
+        assert torch.allclose(small, large, atol=12), (small, large)
+    flipped = detection_inputs(image, boxes, 0, flip=True, size=96)
+    np.testing.assert_allclose(flipped["instances"].gt_boxes.tensor.numpy()[:, [2, 0]],
+                               96 - box[:, [0, 2]] * 1.5, atol=1e-4)
+
+
+def test_input_size_scales_the_rpn_anchors_and_every_stage_input():
+    from toyworld.common import stage_cfg
+    from toyworld.train_rpn import rpn_cfg
+
+    plain = rpn_cfg(_micro("INPUT_SIZE", "0"), "arch.json")
+    big = rpn_cfg(_micro("INPUT_SIZE", "96"), "arch.json")
+    assert plain.INPUT.MAX_SIZE_TRAIN == 64 and big.INPUT.MAX_SIZE_TRAIN == 96
+    assert big.INPUT.MIN_SIZE_TEST == 96
+    assert np.allclose(np.array(big.MODEL.ANCHOR_GENERATOR.SIZES),
+                       1.5 * np.array(plain.MODEL.ANCHOR_GENERATOR.SIZES))
+    # the RoI pooler follows CLIP's attention grid (its training pictures), not the input size
+    settings = _micro("INPUT_SIZE", "96")
+    transfer = stage_cfg(settings, settings.TRANSFER)
+    assert transfer.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION == 2 * (64 // 32)
+    assert transfer.INPUT.MAX_SIZE_TEST == 96
+    with pytest.raises(ValueError, match="INPUT_SIZE"):
+        _micro("INPUT_SIZE", "32")
 
 
 def test_captions_mention_a_subset_of_objects_with_their_nouns():
@@ -294,7 +337,21 @@ def test_every_stage_writes_its_outputs(micro_run):
     pool = torch.load(os.path.join(out, "pretrain", "concept_emb.pth"))
     assert pool.shape == (pre["concepts"], 32)
     numbers = _numbers(out)
-    assert len(numbers) == 18 and all(v is None or 0 <= v <= 100 for v in numbers.values())
+    assert len(numbers) == 21 and all(v is None or 0 <= v <= 100 for v in numbers.values())
+    # the oracle learns all 12 categories' boxes; the two transfer detectors only the 8 base ones
+    from detectron2.config import CfgNode
+
+    for name, classes, emb in (("teacher", 8, "base"), ("student", 8, "base"),
+                               ("oracle", 12, "all")):
+        cfg = CfgNode.load_yaml_with_base(os.path.join(out, "transfer", name, "config.yaml"))
+        assert cfg["MODEL"]["ROI_HEADS"]["NUM_CLASSES"] == classes, name
+        assert cfg["MODEL"]["CLIP"]["TEXT_EMB_PATH"].endswith(f"{emb}_class_emb.pth"), name
+        assert torch.load(cfg["MODEL"]["CLIP"]["TEXT_EMB_PATH"]).shape[0] == classes
+    regions = json.load(open(os.path.join(out, "report.json")))["regions"]
+    for model in ("teacher", "student"):
+        for mode in ("roi", "crop"):
+            assert all(0 <= regions[model][mode][s] <= 1 for s in ("all", "base", "novel"))
+    assert "Fig. 1 at toy scale" in open(os.path.join(out, "report.md")).read()
     # the bootstrap's own AP50 on all test images is the split evaluator's
     report = json.load(open(os.path.join(out, "report.json")))
     results = [r for m in report["zeroshot"].values() for r in m.values()]
@@ -322,14 +379,20 @@ def test_every_stage_writes_its_outputs(micro_run):
 
 
 @torch.no_grad()
-def _reference_roi_embeddings(clip, images, rows):
-    """Region embeddings computed by hand from a CLIP file: RoIAlign of (image, x0, y0, x1, y1)
-    rows on res4 (stride 16, output 2x the attention-pool grid), then res5 and the attention
-    pool; the reference for the library's :meth:`RegionCLIP.encode_regions`."""
+def _reference_roi_embeddings(clip, images, rows, size):
+    """Region embeddings computed by hand from a CLIP file: the scenes resized to ``size``
+    (PIL bilinear), RoIAlign of (image, x0, y0, x1, y1) rows on res4 (stride 16, output 2x the
+    attention-pool grid), then res5 and the attention pool; the reference for the library's
+    :meth:`RegionCLIP.encode_regions`."""
+    from PIL import Image
     from torchvision.ops import roi_align
-
     from toyworld.train_clip import normalize
 
+    scale = size / images.shape[1]
+    images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR))
+                       for im in images])
+    rows = rows.clone().float()
+    rows[:, 1:] *= scale
     visual = clip.visual
     res = 2 * int(round((visual.attnpool.positional_embedding.shape[0] - 1) ** 0.5))
     feats = visual.forward_features(normalize(images), ["res4"])["res4"]
@@ -337,9 +400,10 @@ def _reference_roi_embeddings(clip, images, rows):
 
 
 @torch.no_grad()
-def _reference_crop_embeddings(clip, images, rows, context=1.2):
-    from regionclip.api import crop_and_resize
+def _reference_crop_embeddings(clip, images, rows, size, context=1.2):
     from toyworld.train_clip import normalize
+
+    from regionclip.api import crop_and_resize
 
     crops = np.stack([crop_and_resize(images[int(b)], box, images.shape[1], "warp", context)
                       for b, *box in rows.tolist()])
@@ -353,7 +417,6 @@ def test_analysis_agrees_with_a_reference_on_the_clip_files(micro_run, tmp_path)
     a reference computed by hand from the CLIP files (RoIAlign + res5 + attention pool, crops
     through the whole tower) must give the same embeddings and the same accuracies."""
     import torch.nn.functional as F
-
     from toyworld.analysis import CROP_CONTEXT, analyze, zero_shot_detector
     from toyworld.pipeline import stage_paths
     from toyworld.text import load_clip, text_embeddings
@@ -361,7 +424,8 @@ def test_analysis_agrees_with_a_reference_on_the_clip_files(micro_run, tmp_path)
     out, _ = micro_run
     settings = _micro()
     result = analyze(out, settings)
-    assert json.load(open(os.path.join(out, "analysis.json"))) == json.loads(json.dumps(result))
+    saved = os.path.join(out, "regions", "results.json")
+    assert json.load(open(saved)) == json.loads(json.dumps(result))
     paths = stage_paths(out)
     world = World(os.path.join(out, "world"))
     images, gt = world.images("test"), world.boxes("test_all")
@@ -375,7 +439,7 @@ def test_analysis_agrees_with_a_reference_on_the_clip_files(micro_run, tmp_path)
         text = F.normalize(text_embeddings(clip.encode_text, world.class_names,
                                            settings.EVAL.PROMPTS), dim=-1)
         for mode, fn in (("roi", _reference_roi_embeddings), ("crop", _reference_crop_embeddings)):
-            emb = fn(clip, images, rows)
+            emb = fn(clip, images, rows, settings.INPUT_SIZE)
             reference[name, mode] = emb
             hit = ((F.normalize(emb, dim=-1) @ text.t()).argmax(1) == labels).float()
             for split, mask in (("all", torch.ones_like(is_base)), ("base", is_base),
@@ -421,12 +485,17 @@ def test_resume_skips_finished_stages_and_force_reruns(micro_run):
 def test_same_seed_gives_the_same_numbers(micro_run, tmp_path):
     out, _ = micro_run
     again = str(tmp_path / "again")
-    run_pipeline(_micro(), again, progress=False)
+    # stage 5's three fine-tunings now run in two worker processes (one thread each, as before)
+    run_pipeline(_micro("WORKERS", "2"), again, progress=False)
     assert _numbers(again) == _numbers(out)
-    for stage_file in ("clip/clip.pth", "pretrain/student_clip.pth"):
+    for stage_file in ("clip/clip.pth", "pretrain/student_clip.pth",
+                       "transfer/student/model_final.pth", "transfer/oracle/model_final.pth"):
         a = torch.load(os.path.join(out, stage_file))
         b = torch.load(os.path.join(again, stage_file))
+        a, b = a.get("model", a), b.get("model", b)
         assert all(torch.equal(a[k], b[k]) for k in a), stage_file
+    first = torch.load(os.path.join(out, "transfer/teacher/model_final.pth"))["model"]
+    assert not all(torch.equal(first[k], a[k]) for k in a)  # the check can tell models apart
 
 
 @pytest.mark.slow
@@ -452,6 +521,32 @@ def test_demo_cli_with_user_vocabulary_and_images(micro_run, tmp_path):
     labels = {d["label"] for e in result["images"] for d in e["detections"]}
     assert labels and labels <= {"red star", "circle", "heart"}
     assert (tmp_path / "demo" / "mine_0_detections.png").is_file()
+    assert "precision and recall: not measured: the objects of these images" in proc.stdout
+
+
+@pytest.mark.slow
+def test_demo_prints_precision_and_recall_on_generated_scenes(micro_run, tmp_path, capsys):
+    from toyworld.cli import main
+    from toyworld.demo import _generated
+    from toyworld.demo_score import score_detections
+
+    out, _ = micro_run
+    args = ["demo", "--package", os.path.join(out, "demo", "toyworld_detector.pth"),
+            "--output", str(tmp_path / "demo"), "--num-scenes", "3", "--threshold", "0.0"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    result = json.load(open(tmp_path / "demo" / "detections.json"))
+    # the scores are those of the detections against the scenes' own objects
+    _, objects = _generated(3, 2024, 64)
+    novel = json.load(open(os.path.join(out, "world", "world.json")))["novel_classes"]
+    expected = score_detections([e["detections"] for e in result["images"]], objects, novel)
+    assert result["scores"] == json.loads(json.dumps(expected))
+    assert expected["all"]["objects"] == sum(len(o) for o in objects) > 0
+    assert "recall %" in printed and "precision %" in printed
+    all_row = [line for line in printed.splitlines() if line.startswith("all ")][0]
+    assert all_row.split()[1:3] == [str(expected["all"]["objects"]), str(expected["all"]["found"])]
+    assert main(args + ["--vocab", "star,ring"]) == 0  # not every category named
+    assert "not measured: the vocabulary does not name" in capsys.readouterr().out
 
 
 _ROW = re.compile(r"^\| (.+?) \| (?:(GT|RPN) \| )?([\d.]+) ± ([\d.]+) \| ([\d.]+) ± ([\d.]+) "
@@ -486,3 +581,24 @@ def test_committed_table_is_reproduced_by_its_command(tmp_path):
     for old, new in zip(rows, fresh):
         for k in (2, 4, 6):  # novel, base, all: within 3 bootstrap deviations + 0.5 points
             assert abs(float(new[k]) - float(old[k])) <= 3 * float(old[k + 1]) + 0.5, (old, new)
+
+
+def test_demo_scores_count_each_object_once_with_its_name():
+    from toyworld.demo_score import score_detections, score_table
+
+    objects = [[{"box": [0, 0, 10, 10], "name": "star"}, {"box": [20, 20, 40, 40], "name": "ring"}],
+               [{"box": [0, 0, 30, 30], "name": "heart"}]]
+    dets = [[{"box": [1, 1, 10, 10], "label": "star", "score": 0.9},   # right
+             {"box": [0, 0, 10, 11], "label": "star", "score": 0.8},   # duplicate: wrong
+             {"box": [20, 20, 40, 40], "label": "heart", "score": 0.7}],  # wrong name
+            [{"box": [0, 0, 30, 14], "label": "heart", "score": 0.5}]]  # IoU 0.47: missed
+    s = score_detections(dets, objects, novel=["heart", "ring"])
+    assert (s["base"]["objects"], s["base"]["found"], s["base"]["detections"]) == (1, 1, 2)
+    assert (s["novel"]["objects"], s["novel"]["found"], s["novel"]["detections"]) == (2, 0, 2)
+    assert s["all"]["recall"] == pytest.approx(1 / 3) and s["all"]["precision"] == 0.25
+    dets[1][0]["box"] = [0, 0, 30, 16]  # IoU 0.53: found
+    s = score_detections(dets, objects, novel=["heart", "ring"])
+    assert s["novel"]["found"] == 1 and s["novel"]["precision"] == 0.5
+    assert "novel" in score_table(s) and " 50.0" in score_table(s)
+    with pytest.raises(ValueError, match="2 images of detections but 1"):
+        score_detections(dets, objects[:1], novel=[])

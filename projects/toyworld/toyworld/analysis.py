@@ -16,7 +16,8 @@ detector of that file (``CLIPFastRCNN``, GT regions) and the library's region cl
   RPN proposals that overlap a ground-truth box (IoU >= 0.5) — is it the box's shape noun (or a
   synonym)? This is the supervision the student's region losses get.
 
-Run it with ``python tools/toyworld.py analyze --output DIR`` after the pipeline.
+It is stage ``regions`` of the pipeline (``regions/results.json``); ``python tools/toyworld.py
+analyze --output DIR`` reruns it alone.
 """
 import os
 import tempfile
@@ -115,7 +116,8 @@ def pseudo_label_accuracy(rc, world, concepts: List[str], pool: torch.Tensor,
 
 
 def analyze(out: str, settings) -> dict:
-    """Write ``analysis.json`` for a finished run in ``out`` and return it."""
+    """Write ``regions/results.json`` for a run in ``out`` (stages up to ``pretrain`` done) and
+    return it."""
     from detectron2.modeling import build_model
 
     from regionclip.checkpoint import RegionCLIPCheckpointer
@@ -137,17 +139,20 @@ def analyze(out: str, settings) -> dict:
                                          settings.EVAL.PROMPTS)
             detectors[name] = zero_shot_detector(settings, out, arch, path, emb)
             result[name] = region_accuracy(detectors[name], world, emb)
-    rpn = build_model(rpn_cfg(settings, arch))
+    cfg = rpn_cfg(settings, arch)
+    rpn = build_model(cfg)
     RegionCLIPCheckpointer(rpn).load(os.path.join(out, "rpn", "model_final.pth"))
     rpn.eval()
     images, gt = world.images("test"), world.boxes("test_all")
     with torch.no_grad():
-        proposals = [rpn([detection_inputs(images, gt, i, with_instances=False)])[0]["proposals"]
+        proposals = [rpn([detection_inputs(images, gt, i, with_instances=False,
+                                           size=cfg.INPUT.MAX_SIZE_TEST)])[0]["proposals"]
                      .proposal_boxes.tensor for i in range(len(images))]
     with open(os.path.join(out, "pretrain", "concepts.txt")) as f:
         concepts = [line.strip() for line in f if line.strip()]
     pool = torch.load(os.path.join(out, "pretrain", "concept_emb.pth"))
     result["teacher_pseudo_labels"] = pseudo_label_accuracy(detectors["teacher"], world,
                                                             concepts, pool, proposals)
-    write_json(os.path.join(out, "analysis.json"), result)
+    os.makedirs(os.path.join(out, "regions"), exist_ok=True)
+    write_json(os.path.join(out, "regions", "results.json"), result)
     return result

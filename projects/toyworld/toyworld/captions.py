@@ -61,7 +61,8 @@ def describe_object(rng, obj: dict, size_range: Tuple[float, float],
             words.append(_pick(rng, _SMALL))
         elif side > lo + 0.7 * (hi - lo):
             words.append(_pick(rng, _BIG))
-    colour = _pick(rng, COLOUR_WORDS[obj["colour"]], 0.8) if rng.random() < mention["colour"] else None
+    colour = (_pick(rng, COLOUR_WORDS[obj["colour"]], 0.8) if rng.random() < mention["colour"]
+              else None)
     texture_p = mention["texture"] / (4 if obj["texture"] == "plain" else 1)
     texture = _pick(rng, TEXTURE_WORDS[obj["texture"]], 0.6) if rng.random() < texture_p else None
     adjectives = [a for a in (colour, texture) if a]

@@ -68,6 +68,7 @@ def run_main(argv) -> int:
 def demo_main(argv) -> int:
     """``tools/toyworld.py demo``: detect a vocabulary with the shipped toy detector."""
     from .demo import DEFAULT_PACKAGE, load_images, run_demo
+    from .demo_score import score_table
 
     p = argparse.ArgumentParser(prog="tools/toyworld.py demo",
                                 description="Detect a vocabulary with the toy detector.")
@@ -91,6 +92,12 @@ def demo_main(argv) -> int:
     print(f"demo: {found} detections of {len(result['vocabulary'])} names in "
           f"{len(result['images'])} images in {time.perf_counter() - start:.1f} s; pictures and "
           f"detections.json in {args.output}")
+    scores = result["scores"]
+    if isinstance(scores, dict):
+        print(f"objects found with the right name (IoU >= 0.5) at score >= {args.threshold}:")
+        print(score_table(scores))
+    else:
+        print(f"precision and recall: {scores}")
     return 0
 
 

@@ -11,6 +11,7 @@ from typing import Callable, Dict, Iterator, List, Sequence
 import numpy as np
 import torch
 from detectron2.config import get_cfg
+from detectron2.data.transforms import ResizeTransform
 from detectron2.engine import HookBase, SimpleTrainer
 from detectron2.engine.hooks import LRScheduler
 from detectron2.solver import build_lr_scheduler
@@ -23,7 +24,8 @@ from regionclip.yaml_config import merge_config_file
 from .settings import resolve_path
 
 __all__ = ["seed_everything", "stage_cfg", "teacher_temperature", "build_adamw", "train_loop",
-           "save_trained", "detection_inputs", "detection_batches", "write_json", "read_json", "Timer"]
+           "save_trained", "resize_scene", "detection_inputs", "detection_batches", "write_json",
+           "read_json", "Timer"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +42,8 @@ def seed_everything(seed: int, num_threads: int = 0, deterministic: bool = True)
 
 def stage_cfg(settings, stage_node, opts: Sequence = ()):
     """detectron2 config of a stage: its yaml, the stage's solver settings, sizes that follow
-    from the world (image size, pooler resolution = 2 x CLIP's attention-pool grid, embedding
-    and res2 widths), then ``opts``.
+    from the settings (input size ``INPUT_SIZE``, pooler resolution = 2 x CLIP's attention-pool
+    grid, embedding and res2 widths), then ``opts``.
 
     Args:
         settings (CfgNode): toy-world settings (for the CLIP architecture sizes).
@@ -60,8 +62,8 @@ def stage_cfg(settings, stage_node, opts: Sequence = ()):
                        ("LR", "SOLVER.BASE_LR")):
         if key in stage_node:
             solver += [value, stage_node[key]]
-    size = settings.WORLD.IMAGE_SIZE
-    grid = size // 32  # res5 halves the pooled regions to the attention pool's grid
+    grid = settings.WORLD.IMAGE_SIZE // 32  # res5 halves pooled regions to the attention grid
+    size = settings.INPUT_SIZE or settings.WORLD.IMAGE_SIZE
     world = ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.RES2_OUT_CHANNELS", 4 * settings.CLIP.WIDTH,
              "MODEL.CLIP.TEXT_EMB_DIM", settings.CLIP.EMBED_DIM,
              "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", 2 * grid,
@@ -177,9 +179,23 @@ def train_loop(model: torch.nn.Module, cfg, batches: Iterator[List[dict]], desc:
     return recorder.history
 
 
+def resize_scene(img: np.ndarray, size: int = 0, box: np.ndarray = None):
+    """A square scene (H, W, 3 uint8) and its XYXY boxes resized to ``size`` pixels with
+    detectron2's ``ResizeTransform`` (PIL bilinear, as ``ResizeShortestEdge`` does); ``size`` 0
+    or equal to the scene's keeps both."""
+    h, w = img.shape[:2]
+    if not size or (h, w) == (size, size):
+        return img, box
+    t = ResizeTransform(h, w, size, size)
+    return t.apply_image(np.ascontiguousarray(img)), (None if box is None else
+                                                      t.apply_box(box).astype(np.float32))
+
+
 def detection_inputs(images: np.ndarray, boxes: List[dict], index: int, flip: bool = False,
-                     with_instances: bool = True) -> dict:
-    """detectron2 input dict of one image (float CHW RGB in 0..255, optional gt instances)."""
+                     with_instances: bool = True, size: int = 0) -> dict:
+    """detectron2 input dict of one image (float CHW RGB in 0..255, optional gt instances),
+    resized to ``size`` (:func:`resize_scene`); ``height``/``width`` stay the scene's, so that
+    outputs come back in its pixels."""
     img = images[index]
     box = boxes[index]["boxes"].copy() if with_instances else None
     if flip:
@@ -188,10 +204,11 @@ def detection_inputs(images: np.ndarray, boxes: List[dict], index: int, flip: bo
             w = img.shape[1]
             box[:, [0, 2]] = w - box[:, [2, 0]]
     h, w = img.shape[:2]
+    img, box = resize_scene(img, size, box)
     out = {"image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float(),
            "height": h, "width": w, "image_id": index + 1}
     if with_instances:
-        inst = Instances((h, w))
+        inst = Instances(img.shape[:2])
         inst.gt_boxes = Boxes(torch.from_numpy(box))
         inst.gt_classes = torch.from_numpy(boxes[index]["classes"].copy())
         out["instances"] = inst
@@ -199,9 +216,10 @@ def detection_inputs(images: np.ndarray, boxes: List[dict], index: int, flip: bo
 
 
 def detection_batches(images: np.ndarray, boxes: List[dict], batch_size: int, seed: int,
-                      flip: bool = True, class_agnostic: bool = False) -> Iterator[List[dict]]:
-    """Endless shuffled batches of detection inputs (random horizontal flips); images without
-    boxes are skipped like detectron2's ``FILTER_EMPTY_ANNOTATIONS``."""
+                      flip: bool = True, class_agnostic: bool = False,
+                      size: int = 0) -> Iterator[List[dict]]:
+    """Endless shuffled batches of detection inputs (random horizontal flips, resized to
+    ``size``); images without boxes are skipped like detectron2's ``FILTER_EMPTY_ANNOTATIONS``."""
     rng = np.random.default_rng(seed)
     keep = [i for i, b in enumerate(boxes) if len(b["boxes"])]
     if not keep:
@@ -211,7 +229,8 @@ def detection_batches(images: np.ndarray, boxes: List[dict], batch_size: int, se
         for start in range(0, len(order) - batch_size + 1, batch_size):
             batch = []
             for i in order[start:start + batch_size]:
-                x = detection_inputs(images, boxes, int(i), flip=bool(flip and rng.random() < 0.5))
+                x = detection_inputs(images, boxes, int(i), bool(flip and rng.random() < 0.5),
+                                     size=size)
                 if class_agnostic:
                     x["instances"].gt_classes = torch.zeros_like(x["instances"].gt_classes)
                 batch.append(x)

@@ -8,7 +8,7 @@ text tower has seen colour and texture words in captions; words it never saw mea
 """
 import logging
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -102,10 +102,15 @@ def load_images(path: str) -> List[tuple]:
     return [(os.path.basename(path), read_rgb_image(path))]
 
 
-def _generated(num: int, seed: int, image_size: int) -> List[tuple]:
+def _generated(num: int, seed: int, image_size: int) -> Tuple[List[tuple], List[List[dict]]]:
+    """Generated scenes ``(name, RGB)`` and their objects ``{"box": XYXY, "name"}``."""
     rng = np.random.default_rng(seed)
     spec = SceneSpec(image_size=(image_size, image_size))
-    return [(f"scene_{k:02d}.png", draw_scene(rng, spec).image) for k in range(num)]
+    scenes = [draw_scene(rng, spec) for _ in range(num)]
+    objects = [[{"box": [o["bbox"][0], o["bbox"][1], o["bbox"][0] + o["bbox"][2],
+                         o["bbox"][1] + o["bbox"][3]], "name": o["shape"]} for o in s.objects]
+               for s in scenes]
+    return [(f"scene_{k:02d}.png", s.image) for k, s in enumerate(scenes)], objects
 
 
 def _declutter(dets: List[dict], iou: float, top_k: int) -> List[dict]:
@@ -119,10 +124,23 @@ def _declutter(dets: List[dict], iou: float, top_k: int) -> List[dict]:
     return [dets[int(i)] for i in nms(boxes, scores, iou)[:top_k]]
 
 
+def _scores(entries: List[dict], objects: Optional[List[List[dict]]], vocabulary: List[str],
+            novel: set):
+    from .demo_score import score_detections
+
+    if objects is None:
+        return "not measured: the objects of these images are not known"
+    missing = sorted({o["name"] for objs in objects for o in objs} - set(vocabulary))
+    if missing:
+        return f"not measured: the vocabulary does not name the categories {missing}"
+    return score_detections([e["detections"] for e in entries], objects, novel)
+
+
 def run_demo(out_dir: str, package: str = DEFAULT_PACKAGE, vocabulary: Optional[List[str]] = None,
              images: Optional[List[tuple]] = None, num_scenes: int = 8, seed: int = 2024,
              score_threshold: float = DEFAULT_SCORE_THRESHOLD, novel: Sequence[str] = (),
-             top_k: int = DEFAULT_TOP_K, agnostic_nms: float = DEFAULT_AGNOSTIC_NMS) -> Dict:
+             top_k: int = DEFAULT_TOP_K, agnostic_nms: float = DEFAULT_AGNOSTIC_NMS,
+             objects: Optional[List[List[dict]]] = None) -> Dict:
     """Detect ``vocabulary`` in images and write pictures, a grid and ``detections.json``.
 
     Args:
@@ -140,9 +158,13 @@ def run_demo(out_dir: str, package: str = DEFAULT_PACKAGE, vocabulary: Optional[
         top_k (int): detections kept per image.
         agnostic_nms (float): IoU of a class-agnostic NMS over the detector's per-class output
             (1 disables it).
+        objects (list[list[dict]]): the objects of ``images`` when known (``{"box": XYXY,
+            "name"}``; known for generated scenes).
 
     Returns:
-        dict: the content of ``detections.json``.
+        dict: the content of ``detections.json``; ``scores`` holds precision and recall
+        (:func:`~.demo_score.score_detections`) when the objects are known and the vocabulary
+        names all their categories, else the reason why not.
     """
     from .visualize import draw_detections, save_grid
 
@@ -151,7 +173,7 @@ def run_demo(out_dir: str, package: str = DEFAULT_PACKAGE, vocabulary: Optional[
     vocabulary = list(vocabulary) if vocabulary else list(files["classes"])
     novel = set(novel or extra.get("novel_classes", []))
     if images is None:
-        images = _generated(num_scenes, seed, int(extra.get("image_size", 96)))
+        images, objects = _generated(num_scenes, seed, int(extra.get("image_size", 96)))
     entries, pictures = [], []
     for name, rgb in images:
         dets = _declutter(detector.detect(rgb, vocabulary, score_threshold=score_threshold),
@@ -164,6 +186,7 @@ def run_demo(out_dir: str, package: str = DEFAULT_PACKAGE, vocabulary: Optional[
     save_grid(pictures, os.path.join(out_dir, "grid.png"))
     payload = {"vocabulary": vocabulary, "score_threshold": score_threshold, "top_k": top_k,
                "agnostic_nms": agnostic_nms,
-               "package": os.path.abspath(package), "images": entries}
+               "package": os.path.abspath(package), "images": entries,
+               "scores": _scores(entries, objects, vocabulary, novel)}
     write_json(os.path.join(out_dir, "detections.json"), payload)
     return payload

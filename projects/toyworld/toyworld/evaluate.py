@@ -1,7 +1,7 @@
 """Stage 4: zero-shot detection on the test scenes, teacher CLIP vs RegionCLIP student.
 
-``CLIPFastRCNN`` (projects/toyworld/configs/zeroshot.yaml) with each model's weights classifies regions
-against the text embeddings of all 12 category names made by that model's own text tower
+``CLIPFastRCNN`` (projects/toyworld/configs/zeroshot.yaml) with each model's weights classifies
+regions against the text embeddings of all 12 category names made by that model's own text tower
 (prompt-ensembled): ground-truth boxes (recognition only, the paper's Table 4 "GT" columns) and
 the toy RPN's proposals ("RPN" columns). AP50 on novel, base and all categories comes from
 detectron2's COCO evaluation (``COCOSplitEvaluator``); the bootstrap over test images
@@ -60,8 +60,10 @@ def write_class_embeddings(arch: str, weights: str, names: List[str], path: str,
 
 
 @torch.no_grad()
-def predict(model, images: np.ndarray, boxes: List[dict], batch_size: int = 32) -> List[dict]:
-    """Run a detector over images; ``boxes`` give the ground-truth regions (GT mode).
+def predict(model, images: np.ndarray, boxes: List[dict], batch_size: int = 32,
+            size: int = 0) -> List[dict]:
+    """Run a detector over images resized to ``size`` (0: as they are); ``boxes`` give the
+    ground-truth regions (GT mode).
 
     Returns:
         list[dict]: per image numpy ``boxes`` (XYXY), ``scores``, ``classes``.
@@ -69,7 +71,7 @@ def predict(model, images: np.ndarray, boxes: List[dict], batch_size: int = 32) 
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        batch = [detection_inputs(images, boxes, i)
+        batch = [detection_inputs(images, boxes, i, size=size)
                  for i in range(start, min(start + batch_size, len(images)))]
         for result in model(batch):
             inst = result["instances"].to("cpu")
@@ -141,7 +143,7 @@ def zero_shot(settings, world, models: Dict[str, Dict[str, str]], rpn_paths: Dic
                                rpn_paths, regions, emb, clss_temp=clss_temp)
             model = build_model(cfg)
             load_model_weights(cfg, model)
-            preds = predict(model, images, boxes)
+            preds = predict(model, images, boxes, size=cfg.INPUT.MAX_SIZE_TEST)
             res = evaluate_predictions(world, preds, os.path.join(out_dir, model_name, regions),
                                        settings.EVAL.BOOTSTRAP, settings.SEED)
             results[model_name][regions] = res

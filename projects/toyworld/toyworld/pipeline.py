@@ -7,6 +7,7 @@ Stages (in order) and the file that marks each one as done::
     rpn       rpn/model_final.pth              2. class-agnostic RPN on base boxes
     pretrain  pretrain/student_clip.pth        3. RegionCLIP pretraining of the student
     zeroshot  zeroshot/results.json            4. zero-shot AP50, GT and RPN boxes, both models
+    regions   regions/results.json             4b. region recognition: crops, RoIs, pseudo labels
     transfer  transfer/results.json            5. base-class fine-tuning from both, AP50
     demo      demo/grid.png                    6. detector package + picture grid of test scenes
     report    report.json                      the results table (and docs/TOYWORLD.md)
@@ -26,9 +27,11 @@ __all__ = ["STAGES", "MARKERS", "run_pipeline", "stage_paths"]
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("world", "clip", "rpn", "pretrain", "zeroshot", "transfer", "demo", "report")
+STAGES = ("world", "clip", "rpn", "pretrain", "zeroshot", "regions", "transfer", "demo",
+          "report")
 MARKERS = {"world": "world/world.json", "clip": "clip/clip.pth", "rpn": "rpn/model_final.pth",
            "pretrain": "pretrain/student_clip.pth", "zeroshot": "zeroshot/results.json",
+           "regions": "regions/results.json",
            "transfer": "transfer/results.json", "demo": "demo/grid.png",
            "report": "report.json"}
 
@@ -71,6 +74,7 @@ def run_pipeline(settings, out: str, stages: Optional[Iterable[str]] = None, for
     Returns:
         dict: stage -> seconds, for the stages that ran now.
     """
+    from .analysis import analyze
     from .evaluate import zero_shot
     from .pretrain import pretrain_student
     from .report import write_report
@@ -122,6 +126,8 @@ def run_pipeline(settings, out: str, stages: Optional[Iterable[str]] = None, for
                 zero_shot(settings, world, {"teacher": paths["clip"], "student": paths["student"]},
                           paths["rpn"], os.path.join(out, "zeroshot"),
                           teacher_temperature(settings, paths["clip"]["metrics"]))
+            elif stage == "regions":
+                analyze(out, settings)
             elif stage == "transfer":
                 transfer(settings, world, {"teacher": paths["clip"], "student": paths["student"]},
                          paths["rpn"], os.path.join(out, "transfer"), progress,

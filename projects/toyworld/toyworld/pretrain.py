@@ -1,7 +1,7 @@
 """Stage 3: RegionCLIP pretraining of a student initialised from the teacher CLIP.
 
-``PretrainFastRCNN`` (projects/toyworld/configs/pretrain.yaml) on the world's image-caption pairs: the
-frozen toy RPN proposes regions, the frozen teacher labels them with concepts of the pool (the
+``PretrainFastRCNN`` (projects/toyworld/configs/pretrain.yaml) on the world's image-caption pairs:
+the frozen toy RPN proposes regions, the frozen teacher labels them with concepts of the pool (the
 caption nouns, embedded by the teacher's text tower with prompt ensembling), and the student
 learns them with the distillation and region-concept contrastive losses plus the image-caption
 contrastive loss. Batches are built in memory in the pretraining loader's format (``image`` RGB
@@ -22,7 +22,7 @@ from detectron2.modeling import build_model
 from regionclip.checkpoint import read_torch_file
 from regionclip.engine.trainer import load_model_weights
 
-from .common import save_trained, stage_cfg, train_loop, write_json
+from .common import resize_scene, save_trained, stage_cfg, train_loop, write_json
 from .text import load_clip, text_embeddings
 from .train_clip import tokenize_captions
 
@@ -45,8 +45,9 @@ def pretrain_cfg(settings, clip_paths: Dict[str, str], rpn_paths: Dict[str, str]
 
 
 def pretrain_batches(images: np.ndarray, tokens: torch.Tensor, batch_size: int,
-                     seed: int) -> Iterator[List[dict]]:
-    """Endless shuffled batches ``[{"image": (3, H, W) in [0, 1], "captions": (n, 77)}, ...]``."""
+                     seed: int, size: int = 0) -> Iterator[List[dict]]:
+    """Endless shuffled batches ``[{"image": (3, H, W) in [0, 1], "captions": (n, 77)}, ...]``,
+    images resized to ``size`` (:func:`~.common.resize_scene`)."""
     rng = np.random.default_rng(seed)
     n = len(images)
     if n < batch_size:
@@ -54,7 +55,8 @@ def pretrain_batches(images: np.ndarray, tokens: torch.Tensor, batch_size: int,
     while True:
         order = rng.permutation(n)
         for start in range(0, n - batch_size + 1, batch_size):
-            yield [{"image": torch.from_numpy(images[i].transpose(2, 0, 1).copy()).float() / 255.0,
+            yield [{"image": torch.from_numpy(resize_scene(images[i], size)[0].transpose(2, 0, 1)
+                                              .copy()).float() / 255.0,
                     "captions": tokens[i]} for i in order[start:start + batch_size]]
 
 
@@ -111,7 +113,8 @@ def pretrain_student(settings, world, clip_paths: Dict[str, str], rpn_paths: Dic
     load_model_weights(cfg, model)
     images = world.images("captions")
     tokens = tokenize_captions(world.captions("captions"))
-    batches = pretrain_batches(images, tokens, cfg.SOLVER.IMS_PER_BATCH, settings.SEED)
+    batches = pretrain_batches(images, tokens, cfg.SOLVER.IMS_PER_BATCH, settings.SEED,
+                               size=cfg.INPUT.MAX_SIZE_TRAIN)
     history = train_loop(model, cfg, batches, "stage 3: RegionCLIP pretraining", progress)
     model_path, config = save_trained(model, cfg, out_dir)
     weights = export_student_clip(model, clip_paths["weights"],

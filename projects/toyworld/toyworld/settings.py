@@ -2,11 +2,12 @@
 
 Settings are a yacs ``CfgNode`` read from ``projects/toyworld/presets/<size>.yaml`` (``_BASE_``
 works as in detectron2; they are not detectron2 configs, so they live outside ``configs/``, where
-every yaml is a detectron2 config). The models of stages 2-5 are described by detectron2 yamls
-named in the settings (``RPN.CONFIG`` ...; a relative path is relative to the project folder
-``projects/toyworld``, whose ``configs/`` hold them); the pipeline writes the run's paths and the stage's ``ITERS``,
-``BATCH_SIZE`` and ``LR`` into them (``SOLVER.MAX_ITER``, ``SOLVER.IMS_PER_BATCH``,
-``SOLVER.BASE_LR``) and saves the resolved config next to the stage's outputs.
+every yaml is a detectron2 config). The models of stages 2-5 are described by detectron2 yamls named
+in the settings (``RPN.CONFIG`` ...; a relative path is relative to the project folder
+``projects/toyworld``, whose ``configs/`` hold them); the pipeline writes the run's paths and the
+stage's ``ITERS``, ``BATCH_SIZE`` and ``LR`` into them (``SOLVER.MAX_ITER``,
+``SOLVER.IMS_PER_BATCH``, ``SOLVER.BASE_LR``) and saves the resolved config next to the stage's
+outputs.
 """
 import os
 
@@ -32,6 +33,7 @@ def get_toyworld_cfg() -> CN:
     c.SEED = 0
     c.NUM_THREADS = 0  # torch intra-op threads; 0 keeps torch's default
     c.DETERMINISTIC = True
+    c.WORKERS = 1  # processes for stage 5's two fine-tunings, NUM_THREADS / WORKERS threads each
     c.WORLD = CN()
     c.WORLD.IMAGE_SIZE = 96
     c.WORLD.OBJECTS = [2, 5]
@@ -71,6 +73,10 @@ def get_toyworld_cfg() -> CN:
     # temperature 1 / logit_scale. Pretraining keeps the original's 0.01 (pretrain.yaml), which
     # equals the teacher's hard-coded pseudo-label temperature (docs/TOYWORLD.md).
     c.CLSS_TEMP = 0.0
+    # Input size of the detection stages 2-6 (scenes are resized to it; 0: WORLD.IMAGE_SIZE).
+    # CLIP sees IMAGE_SIZE pictures in stage 1, so objects in scenes are smaller than its inputs;
+    # a larger detection input brings region features nearer what CLIP learned (docs/TOYWORLD.md).
+    c.INPUT_SIZE = 0
     for stage, config, iters, batch, lr in (("RPN", "rpn.yaml", 300, 16, 1e-3),
                                             ("PRETRAIN", "pretrain.yaml", 300, 16, 2e-4),
                                             ("TRANSFER", "transfer.yaml", 300, 16, 2e-4)):
@@ -81,6 +87,7 @@ def get_toyworld_cfg() -> CN:
         node.LR = lr
         node.OPTS = []  # more KEY VALUE overrides of the stage's detectron2 config
         setattr(c, stage, node)
+    c.TRANSFER.ORACLE = "student"  # init. of the oracle (boxes of all 12 categories); "": none
     c.EVAL = CN()
     c.EVAL.CONFIG = os.path.join("configs", "zeroshot.yaml")
     c.EVAL.OPTS = []
@@ -127,6 +134,12 @@ def load_settings(size_or_file: str = "default", opts=()) -> CN:
     if cfg.WORLD.IMAGE_SIZE % 32:
         raise ValueError(f"{path}: WORLD.IMAGE_SIZE must be a multiple of 32 (CLIP's attention "
                          f"pool grid), got {cfg.WORLD.IMAGE_SIZE}")
+    if cfg.INPUT_SIZE and not cfg.WORLD.IMAGE_SIZE <= cfg.INPUT_SIZE <= 4 * cfg.WORLD.IMAGE_SIZE:
+        raise ValueError(f"{path}: INPUT_SIZE must be 0 or between WORLD.IMAGE_SIZE "
+                         f"({cfg.WORLD.IMAGE_SIZE}) and 4 times it, got {cfg.INPUT_SIZE}")
+    if cfg.TRANSFER.ORACLE not in ("", "teacher", "student"):
+        raise ValueError(f"{path}: TRANSFER.ORACLE must be '', 'teacher' or 'student', got "
+                         f"{cfg.TRANSFER.ORACLE!r}")
     if cfg.EVAL.PROMPTS not in ("toy", "imagenet", "none"):
         raise ValueError(f"{path}: EVAL.PROMPTS must be 'toy', 'imagenet' or 'none', got "
                          f"{cfg.EVAL.PROMPTS!r}")

@@ -3,8 +3,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from regionclip.clip import CLIP, ensemble_text_embeddings, tokenize
 from regionclip.checkpoint import read_torch_file
+from regionclip.clip import CLIP, ensemble_text_embeddings, tokenize
 from regionclip.clip.prompts import encoder_device
 from regionclip.modeling.clip_arch import resolve_clip_arch
 

@@ -16,8 +16,14 @@ from detectron2.structures import Boxes, pairwise_iou
 
 from regionclip.checkpoint import RegionCLIPCheckpointer
 
-from .common import (detection_batches, detection_inputs, save_trained, stage_cfg, train_loop,
-                     write_json)
+from .common import (
+    detection_batches,
+    detection_inputs,
+    save_trained,
+    stage_cfg,
+    train_loop,
+    write_json,
+)
 
 __all__ = ["train_rpn", "proposal_recall", "rpn_cfg"]
 
@@ -25,8 +31,16 @@ logger = logging.getLogger(__name__)
 
 
 def rpn_cfg(settings, arch: str, weights: str = ""):
-    """The RPN's detectron2 config for this run (architecture JSON and initial weights)."""
-    return stage_cfg(settings, settings.RPN, ["MODEL.CLIP.ARCH", arch, "MODEL.WEIGHTS", weights])
+    """The RPN's detectron2 config for this run (architecture JSON and initial weights).
+
+    Anchor sizes (rpn.yaml, ``RPN.OPTS``) are in pixels of scenes at ``WORLD.IMAGE_SIZE``; they
+    are scaled by ``INPUT_SIZE / WORLD.IMAGE_SIZE``, as the objects are.
+    """
+    cfg = stage_cfg(settings, settings.RPN, ["MODEL.CLIP.ARCH", arch, "MODEL.WEIGHTS", weights])
+    scale = (settings.INPUT_SIZE or settings.WORLD.IMAGE_SIZE) / settings.WORLD.IMAGE_SIZE
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[round(s * scale, 2) for s in sizes]
+                                        for sizes in cfg.MODEL.ANCHOR_GENERATOR.SIZES]
+    return cfg
 
 
 @torch.no_grad()
@@ -79,7 +93,7 @@ def train_rpn(settings, world, clip_paths: Dict[str, str], out_dir: str,
     images = world.images("det_train")
     boxes = world.boxes("det_train_base")
     batches = detection_batches(images, boxes, cfg.SOLVER.IMS_PER_BATCH, settings.SEED,
-                                class_agnostic=True)
+                                class_agnostic=True, size=cfg.INPUT.MAX_SIZE_TRAIN)
     history = train_loop(model, cfg, batches, "stage 2: RPN", progress)
     weights, config = save_trained(model, cfg, out_dir)
     model.eval()
@@ -87,7 +101,8 @@ def train_rpn(settings, world, clip_paths: Dict[str, str], out_dir: str,
     proposals = []
     with torch.no_grad():
         for start in range(0, len(test_images), 32):
-            batch = [detection_inputs(test_images, test_boxes, i, with_instances=False)
+            batch = [detection_inputs(test_images, test_boxes, i, with_instances=False,
+                                      size=cfg.INPUT.MAX_SIZE_TEST)
                      for i in range(start, min(start + 32, len(test_images)))]
             proposals += [o["proposals"].proposal_boxes.tensor for o in model(batch)]
     names = world.class_names

@@ -91,13 +91,18 @@ def demo_stage(settings, world, out: str, ship_to: str = None) -> str:
                   extra={"base_classes": world.base_classes, "novel_classes": world.novel_classes,
                          "image_size": settings.WORLD.IMAGE_SIZE, "seed": settings.SEED,
                          "transfer_ap50": {k: v for k, v in results.items() if "AP50" in k}})
+    objects = None
     if settings.EVAL.GRID_IMAGES_PATH:
         images = load_images(settings.EVAL.GRID_IMAGES_PATH)[:settings.EVAL.GRID_IMAGES]
     else:
         images = [(f"test_{k + 1:06d}.png", img)
                   for k, img in enumerate(world.images("test")[:settings.EVAL.GRID_IMAGES])]
+        names = world.class_names
+        objects = [[{"box": box.tolist(), "name": names[int(c)]}
+                    for box, c in zip(g["boxes"], g["classes"])]
+                   for g in world.boxes("test_all")[:len(images)]]
     run_demo(demo_dir, package, vocabulary=list(settings.EVAL.GRID_VOCAB) or None, images=images,
-             score_threshold=settings.EVAL.GRID_SCORE_THRESH)
+             score_threshold=settings.EVAL.GRID_SCORE_THRESH, objects=objects)
     if ship_to:
         os.makedirs(ship_to, exist_ok=True)
         shutil.copy(package, os.path.join(ship_to, os.path.basename(package)))
