@@ -220,6 +220,13 @@ _NEW_CLIP_KEYS: List[ConfigKey] = [
           " CPUs with bf16 units and recent GPUs) / 'float16' (GPU). Region classification always "
           "runs in float32; a dtype the device cannot autocast to is an error.",
           "'float32' / 'bfloat16' / 'float16'", _CLIP_FAST_RCNN),
+    _clip("INFERENCE_FOLD_BN", True,
+          "New key. When no gradient is recorded (inference, the pretraining teacher), fold each "
+          "frozen BatchNorm of the CLIP ResNet into the convolution before it, computed from the "
+          "current weights at every call (the parameters and checkpoints are unchanged; training "
+          "sees the layers as they are), and convolve in channels-last memory format: faster, same "
+          "outputs up to float rounding. False computes every layer as the original does.",
+          _BOOL, "CLIP ResNet backbone builders (recognition backbone, pretraining teacher)"),
     _clip("TOKENIZE_TRUNCATE", True,
           "New key. True cuts token sequences to the 77-token context like the original (which can"
           " drop the end-of-text token); False raises an error on over-long text.",

@@ -73,7 +73,8 @@ def _parity(open_clip, name, preset, batch):
     reference = randomize_(open_clip.create_model(f"{name}-quickgelu", pretrained=None)).eval()
     size = PRESETS[preset].visual.image_size
     calibrate_batchnorm_(reference.visual, size, batch=2)  # or every image embeds alike
-    ours = build_clip(preset).eval()
+    # the same computation as open_clip's, layer by layer (folded norms: tests/test_folding.py)
+    ours = build_clip(preset, fold_norms=False).eval()
     reference_sd = reference.state_dict()
     # open_clip's only entry outside the two towers is logit_scale, which CLIP also has.
     assert set(reference_sd) == set(ours.state_dict())
@@ -90,7 +91,7 @@ def _parity(open_clip, name, preset, batch):
         # The separate towers load the split state dict 1:1 as well.
         visual_sd, text_sd = split_clip_state_dict(reference_sd)
         with torch.device("meta"):  # skip the random init; assign=True materialises the weights
-            visual, text = build_visual(preset).eval(), build_text(preset).eval()
+            visual, text = build_visual(preset, fold_norms=False).eval(), build_text(preset).eval()
         visual.load_state_dict(visual_sd, strict=True, assign=True)
         text.load_state_dict(text_sd, strict=True, assign=True)
         text.attn_mask = ours.attn_mask  # non-persistent buffer, not in the state dict
@@ -222,6 +223,37 @@ def test_attention_pool_equals_full_attention():
     assert pool(torch.randn(0, 32, 3, 3)).shape == (0, 20)  # an image without any region
     with pytest.raises(ValueError, match=r"3x3.*got 4x3"):
         pool(torch.randn(1, 32, 4, 3))
+
+
+def test_attention_pool_gradients_equal_full_attention():
+    # the pool trains (pretraining): its gradients are those of full attention too, including
+    # the key bias's (zero: the softmax ignores it) and the positional embedding's
+    torch.manual_seed(0)
+    pool = randomize_(AttentionPool2d(spacial_dim=3, embed_dim=32, num_heads=4, output_dim=20))
+    x = torch.randn(5, 32, 3, 3, requires_grad=True)
+    weights = torch.randn(5, 20)
+    grads = []
+    for fn in (pool, lambda t: _naive_attention_pool(pool, t)):
+        pool.zero_grad()
+        x.grad = None
+        (fn(x) * weights).sum().backward()
+        grads.append([x.grad.clone()] + [torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                                         for p in pool.parameters()])
+    for ours, naive in zip(*grads):
+        torch.testing.assert_close(ours, naive, rtol=1e-4, atol=1e-5)
+    assert pool.positional_embedding.grad.abs().sum() > 0
+
+
+def test_attention_pool_runs_in_full_precision_under_autocast():
+    torch.manual_seed(0)
+    pool = randomize_(AttentionPool2d(spacial_dim=3, embed_dim=32, num_heads=4, output_dim=20))
+    x = torch.randn(5, 32, 3, 3).bfloat16()
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = pool(x)
+        full = pool(x.float())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, full, rtol=1e-6, atol=1e-6)
 
 
 def test_text_tower_is_causal_and_pools_at_largest_id():

@@ -295,6 +295,7 @@ SPEC_DEFAULTS = {
     "MODEL.CLIP.TOKENIZE_TRUNCATE": True,
     "MODEL.CLIP.INFERENCE_REGION_CHUNK": 256,
     "MODEL.CLIP.INFERENCE_DTYPE": "float32",
+    "MODEL.CLIP.INFERENCE_FOLD_BN": True,
     "MODEL.CLIP.ARCH": "",
     "MODEL.CLIP.TEACHER_ARCH": "",
     "MODEL.ROI_HEADS.SOFT_NMS_ENABLED": False,
@@ -320,7 +321,7 @@ def test_defaults_match_spec():
     # Every MODEL.CLIP key is listed above: the table is the full spec.
     clip_keys = {k for k in flat if k.startswith("MODEL.CLIP.")}
     assert clip_keys == {k for k in SPEC_DEFAULTS if k.startswith("MODEL.CLIP.")}
-    assert len(clip_keys) == 28 + 10  # the original's 32 minus its 4 dead keys; 10 new
+    assert len(clip_keys) == 28 + 11  # the original's 32 minus its 4 dead keys; 11 new
 
 
 def test_add_config_is_idempotent_and_keeps_values():

@@ -58,7 +58,8 @@ def test_region_chunking_gives_the_same_detections(tmp_path):
         whole = _model(tmp_path, "MODEL.CLIP.INFERENCE_REGION_CHUNK", "0")
         chunked = _model(tmp_path, "MODEL.CLIP.INFERENCE_REGION_CHUNK", "7")
         a, b = _embeddings(whole, inputs), _embeddings(chunked, inputs)
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        # equal up to float rounding (matmuls round differently for other numbers of rows)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(a.abs().max()))
         da, db = whole(inputs)[0]["instances"], chunked(inputs)[0]["instances"]
     # the same detections; their order may differ where scores tie (many saturate at 1.0 at the
     # 0.01 temperature), so they are compared sorted by class and box

@@ -13,7 +13,7 @@ from .models import (
     random_boxes,
     zeroshot_inputs,
 )
-from .timing import count_flops, timeit
+from .timing import count_flops, peak_rss_mb, timeit
 
 __all__ = ["CaseArgs", "CASES", "case_roof", "case_zeroshot", "case_train", "case_pretrain",
            "case_batched", "case_onnx"]
@@ -92,24 +92,27 @@ def case_zeroshot(args: CaseArgs) -> Dict:
     inputs = zeroshot_inputs(args.num_regions, args.size)
     heads, backbone = model.roi_heads, model.backbone
     with torch.no_grad():
+        def run_all():
+            return model(inputs)
+
+        seconds = timeit(run_all, args.repeats, device)
+        flops = count_flops(run_all)
+        # the peak of the whole model's inference, as the original's case measures it: taken
+        # before the tensors of the part measurements below are made
+        peak = peak_rss_mb()
         images = model.preprocess_image(inputs)
         feats = backbone(images.tensor)
         pooled = heads.pooler([feats["res4"]], [inputs[0]["instances"].gt_boxes.to(model.device)])
         k = min(64, pooled.shape[0])  # regions in the per-region head measurement
 
-        def run_all():
-            return model(inputs)
-
         def head():
             return backbone.attnpool(backbone.layer4(pooled[:k]))
 
-        seconds = timeit(run_all, args.repeats, device)
         autocast = torch.autocast(model.device.type, dtype=getattr(torch, args.dtype),
                                   enabled=args.dtype != "float32")
         with autocast:
             backbone_s = timeit(lambda: backbone(images.tensor), args.repeats, device)
             head_s = timeit(head, args.repeats, device)
-        flops = count_flops(run_all)
         flops_backbone = count_flops(lambda: backbone(images.tensor))
         flops_head = count_flops(head)
         flops_attn = flops_head - count_flops(lambda: backbone.layer4(pooled[:k]))
@@ -118,7 +121,7 @@ def case_zeroshot(args: CaseArgs) -> Dict:
             "seconds": seconds, "gflop": flops / 1e9, "backbone_seconds": backbone_s,
             "backbone_gflop": flops_backbone / 1e9, "head_seconds_per_region": head_s / k,
             "head_gflop_per_region": flops_head / k / 1e9,
-            "attnpool_gflop_per_region": flops_attn / k / 1e9}
+            "attnpool_gflop_per_region": flops_attn / k / 1e9, "peak_rss_mb": peak}
 
 
 def time_training_step(model, inputs, repeats: int, device: str):

@@ -16,13 +16,15 @@ RESULT = "RESULT "
 
 def run_case(case: str, fields: Dict) -> Dict:
     """Run case ``case`` with the :class:`CaseArgs` ``fields`` (a scratch folder is made); the
-    result gets this process's peak memory (and, on a GPU, its peak GPU memory and name)."""
+    result gets this process's peak memory (unless the case measured it: zero-shot takes it after
+    the whole model's run, before its part measurements) and, on a GPU, its peak GPU memory and
+    name."""
     if case not in CASES:
         raise ValueError(f"unknown case {case!r}; choose from {sorted(CASES)}")
     with tempfile.TemporaryDirectory() as tmp:
         args = CaseArgs(**dict(fields, tmp=tmp))
         result = CASES[case](args)
-    result["peak_rss_mb"] = peak_rss_mb()
+    result.setdefault("peak_rss_mb", peak_rss_mb())  # a case may measure its own part
     if args.device != "cpu":
         import torch
 

@@ -150,19 +150,22 @@ def _as_config(spec: Union[str, CLIPConfig, VisualConfig, TextConfig], part: str
 
 
 def build_visual(spec: Union[str, CLIPConfig, VisualConfig],
-                 norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d) -> ModifiedResNet:
+                 norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+                 fold_norms: bool = True) -> ModifiedResNet:
     """Build the image tower.
 
     Args:
         spec: preset name, :class:`CLIPConfig` or :class:`VisualConfig`.
         norm_layer (callable): ``norm_layer(num_channels)`` for every normalisation layer.
+        fold_norms (bool): see :class:`ModifiedResNet` (inference folds frozen norms into the
+            convolutions; False computes every layer as OpenAI's code does).
 
     Returns:
         ModifiedResNet: randomly initialised tower.
     """
     cfg = _as_config(spec, "visual")
     return ModifiedResNet(cfg.layers, cfg.width, cfg.image_size, cfg.embed_dim, cfg.heads,
-                          norm_layer=norm_layer)
+                          norm_layer=norm_layer, fold_norms=fold_norms)
 
 
 def build_text(spec: Union[str, CLIPConfig, TextConfig]) -> TextTransformer:
@@ -186,15 +189,17 @@ class CLIP(TextTransformer):
     Args:
         config (CLIPConfig): tower hyper-parameters.
         norm_layer (callable): normalisation layer of the image tower.
+        fold_norms (bool): see :func:`build_visual`.
     """
 
-    def __init__(self, config: CLIPConfig, norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d):
+    def __init__(self, config: CLIPConfig, norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+                 fold_norms: bool = True):
         if config.visual.embed_dim != config.text.embed_dim:
             raise ValueError(f"CLIP towers disagree on embed_dim: visual "
                              f"{config.visual.embed_dim}, text {config.text.embed_dim}")
         super().__init__(**dataclasses.asdict(config.text))
         self.config = config
-        self.visual = build_visual(config.visual, norm_layer)
+        self.visual = build_visual(config.visual, norm_layer, fold_norms)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -225,9 +230,11 @@ class CLIP(TextTransformer):
 
 
 def build_clip(spec: Union[str, CLIPConfig],
-               norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d) -> CLIP:
-    """Build a randomly initialised :class:`CLIP` from a preset name or :class:`CLIPConfig`."""
-    return CLIP(_as_config(spec, "clip"), norm_layer)
+               norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+               fold_norms: bool = True) -> CLIP:
+    """Build a randomly initialised :class:`CLIP` from a preset name or :class:`CLIPConfig`
+    (``fold_norms``: see :func:`build_visual`)."""
+    return CLIP(_as_config(spec, "clip"), norm_layer, fold_norms)
 
 
 def _require(state_dict: Mapping, key: str, what: str):

@@ -51,12 +51,14 @@ class CLIPResNetBackbone(ModifiedResNet, Backbone):
             ``layer{k}`` (detectron2's ``MODEL.BACKBONE.FREEZE_AT`` convention).
         with_attnpool (bool): keep ``attnpool``; if False the attribute is None and the state
             dict has no ``attnpool.*`` keys.
+        fold_norms (bool): fold the frozen norms into the convolutions when no gradient is
+            recorded (``MODEL.CLIP.INFERENCE_FOLD_BN``; see :mod:`regionclip.clip.folding`).
     """
 
     def __init__(self, config: VisualConfig, out_features: Sequence[str] = ("res4",),
-                 freeze_at: int = 0, with_attnpool: bool = True):
+                 freeze_at: int = 0, with_attnpool: bool = True, fold_norms: bool = True):
         super().__init__(config.layers, config.width, config.image_size, config.embed_dim,
-                         config.heads, norm_layer=FrozenBatchNorm2d)
+                         config.heads, norm_layer=FrozenBatchNorm2d, fold_norms=fold_norms)
         out_features = list(out_features)
         unknown = [name for name in out_features if name not in FEATURE_NAMES]
         if unknown or not out_features:
@@ -126,9 +128,10 @@ def build_clip_resnet_backbone(cfg, input_shape: Optional[ShapeSpec] = None,
     """Build the CLIP ResNet backbone from a config (registered in ``BACKBONE_REGISTRY``).
 
     Reads ``MODEL.RESNETS.DEPTH`` (50 RN50, 101 RN101, 200 RN50x4), ``MODEL.RESNETS.OUT_FEATURES``,
-    ``MODEL.BACKBONE.FREEZE_AT`` and, for the attention pool, ``MODEL.ROI_HEADS.NAME`` and
-    ``MODEL.CLIP.USE_TEXT_EMB_CLASSIFIER`` (see :func:`uses_attnpool`). The attention pool is
-    built for the CLIP input resolution: a 7x7 grid for RN50 (224 px), 9x9 for RN50x4 (288 px).
+    ``MODEL.BACKBONE.FREEZE_AT``, ``MODEL.CLIP.INFERENCE_FOLD_BN`` and, for the attention pool,
+    ``MODEL.ROI_HEADS.NAME`` and ``MODEL.CLIP.USE_TEXT_EMB_CLASSIFIER`` (see
+    :func:`uses_attnpool`). The attention pool is built for the CLIP input resolution: a 7x7
+    grid for RN50 (224 px), 9x9 for RN50x4 (288 px).
 
     Args:
         cfg: detectron2 config with the RegionCLIP keys.
@@ -154,7 +157,8 @@ def build_clip_resnet_backbone(cfg, input_shape: Optional[ShapeSpec] = None,
                 arch or f"DEPTH {depth} -> {preset_for_depth(depth)}",
                 list(cfg.MODEL.RESNETS.OUT_FEATURES), cfg.MODEL.BACKBONE.FREEZE_AT, with_attnpool)
     return CLIPResNetBackbone(visual, cfg.MODEL.RESNETS.OUT_FEATURES,
-                              cfg.MODEL.BACKBONE.FREEZE_AT, with_attnpool)
+                              cfg.MODEL.BACKBONE.FREEZE_AT, with_attnpool,
+                              fold_norms=cfg.MODEL.CLIP.INFERENCE_FOLD_BN)
 
 
 @BACKBONE_REGISTRY.register()

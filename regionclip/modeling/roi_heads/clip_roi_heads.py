@@ -21,6 +21,7 @@ from detectron2.structures import Boxes
 from torch import nn
 
 from .clip_box_predictor import CLIPFastRCNNOutputLayers
+from .region_pooling import pool_regions
 
 __all__ = ["BackboneBlocksMixin", "CLIPRes5ROIHeads", "PretrainRes5ROIHeads", "region_embeddings"]
 
@@ -65,7 +66,7 @@ def region_embeddings(pooler: ROIPooler, features: List[torch.Tensor], boxes: Li
         (Tensor, Tensor or None): (R, D) region embeddings, and the (R, C, h, w) res5 region
         features when ``chunk_size`` is 0 (else None, they are not kept).
     """
-    pooled = pooler(features, boxes)
+    pooled = pool_regions(pooler, features, boxes)  # on all threads at inference (same values)
 
     def head(x):
         x = res5(x)
