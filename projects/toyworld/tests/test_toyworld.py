@@ -134,6 +134,8 @@ def test_input_size_scales_the_rpn_anchors_and_every_stage_input():
     assert transfer.INPUT.MAX_SIZE_TEST == 96
     with pytest.raises(ValueError, match="INPUT_SIZE"):
         _micro("INPUT_SIZE", "32")
+    with pytest.raises(ValueError, match="WORKERS"):
+        _micro("WORKERS", "0")
 
 
 def test_captions_mention_a_subset_of_objects_with_their_nouns():

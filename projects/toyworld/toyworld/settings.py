@@ -137,6 +137,8 @@ def load_settings(size_or_file: str = "default", opts=()) -> CN:
     if cfg.INPUT_SIZE and not cfg.WORLD.IMAGE_SIZE <= cfg.INPUT_SIZE <= 4 * cfg.WORLD.IMAGE_SIZE:
         raise ValueError(f"{path}: INPUT_SIZE must be 0 or between WORLD.IMAGE_SIZE "
                          f"({cfg.WORLD.IMAGE_SIZE}) and 4 times it, got {cfg.INPUT_SIZE}")
+    if int(cfg.WORKERS) < 1:
+        raise ValueError(f"{path}: WORKERS must be 1 or more processes, got {cfg.WORKERS}")
     if cfg.TRANSFER.ORACLE not in ("", "teacher", "student"):
         raise ValueError(f"{path}: TRANSFER.ORACLE must be '', 'teacher' or 'student', got "
                          f"{cfg.TRANSFER.ORACLE!r}")

@@ -1,10 +1,9 @@
-"""Independent jobs of a stage (teacher and student) in parallel processes.
+"""Independent jobs of a stage in parallel processes.
 
-Stage 5 fine-tunes two detectors (from the teacher, from the student) that do not depend on
-each other. With
-``WORKERS: 2`` each runs in its own process with ``NUM_THREADS / WORKERS`` torch threads: on a
-small CPU, two one-thread processes do more work per second than one process with two threads
-(the toy models' convolutions are too small to keep two threads busy). Each job seeds itself the
+Stage 5 fine-tunes three detectors (from the teacher, from the student, the oracle) that do not
+depend on each other. With ``WORKERS: 2`` they run in two processes of ``NUM_THREADS / WORKERS``
+(at least one) torch threads each: on two cores shared with other work, one-thread processes stay
+fast where a two-thread process slows down many times (docs/TOYWORLD.md). Every job is seeded the
 same way in either mode, so a job's numbers depend on its thread count, not on the mode.
 """
 import multiprocessing
@@ -22,14 +21,11 @@ def job_threads(settings) -> int:
     return max(1, int(settings.NUM_THREADS) // max(1, int(settings.WORKERS)))
 
 
-def _start(seed: int, threads: int, deterministic: bool):
+def _start():
     import logging
-
-    from .common import seed_everything
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s",
                         datefmt="%H:%M:%S")
-    seed_everything(seed, threads, deterministic)
 
 
 def run_jobs(settings, fn: Callable, jobs: Sequence[tuple]) -> List:
@@ -51,8 +47,7 @@ def run_jobs(settings, fn: Callable, jobs: Sequence[tuple]) -> List:
         seed_everything(settings.SEED, settings.NUM_THREADS, settings.DETERMINISTIC)
         return results
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start,
-                             initargs=(settings.SEED, threads, settings.DETERMINISTIC)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start) as pool:
         futures = [pool.submit(_seeded, settings.SEED, threads, settings.DETERMINISTIC, fn, job)
                    for job in jobs]
         return [f.result() for f in futures]
