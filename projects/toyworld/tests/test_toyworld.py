@@ -138,6 +138,34 @@ def test_input_size_scales_the_rpn_anchors_and_every_stage_input():
         _micro("WORKERS", "0")
 
 
+def test_pretrain_input_size_upsamples_pretraining_and_scales_its_rpn_anchors(tmp_path):
+    from toyworld.common import stage_cfg
+    from toyworld.pretrain import offline_rpn_config
+    from toyworld.train_rpn import rpn_cfg
+
+    same = _micro("INPUT_SIZE", "96")
+    rpn_yaml = tmp_path / "rpn.yaml"
+    rpn_yaml.write_text(rpn_cfg(same, "arch.json").dump())
+    # same size: the stage-2 config itself
+    assert offline_rpn_config(same, str(rpn_yaml), str(tmp_path)) == str(rpn_yaml)
+    bigger = _micro("INPUT_SIZE", "96", "PRETRAIN.INPUT_SIZE", "192")
+    assert stage_cfg(bigger, bigger.PRETRAIN).INPUT.MAX_SIZE_TRAIN == 192
+    assert stage_cfg(bigger, bigger.TRANSFER).INPUT.MAX_SIZE_TRAIN == 96  # only stage 3
+    scaled = offline_rpn_config(bigger, str(rpn_yaml), str(tmp_path))
+    assert scaled != str(rpn_yaml)
+    from detectron2.config import get_cfg
+
+    from regionclip.config import add_regionclip_config
+
+    cfg = get_cfg()
+    add_regionclip_config(cfg)
+    cfg.merge_from_file(scaled)
+    assert np.allclose(np.array(cfg.MODEL.ANCHOR_GENERATOR.SIZES),
+                       2 * np.array(rpn_cfg(same, "arch.json").MODEL.ANCHOR_GENERATOR.SIZES))
+    with pytest.raises(ValueError, match="PRETRAIN.INPUT_SIZE"):
+        _micro("PRETRAIN.INPUT_SIZE", "1000")
+
+
 def test_captions_mention_a_subset_of_objects_with_their_nouns():
     rng = np.random.default_rng(0)
     spec = SceneSpec(objects=(4, 5))

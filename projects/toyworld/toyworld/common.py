@@ -23,9 +23,9 @@ from regionclip.yaml_config import merge_config_file
 
 from .settings import resolve_path
 
-__all__ = ["seed_everything", "stage_cfg", "teacher_temperature", "build_adamw", "train_loop",
-           "save_trained", "resize_scene", "detection_inputs", "detection_batches", "write_json",
-           "read_json", "Timer"]
+__all__ = ["seed_everything", "stage_input_size", "stage_cfg", "teacher_temperature",
+           "build_adamw", "train_loop", "save_trained", "resize_scene", "detection_inputs",
+           "detection_batches", "write_json", "read_json", "Timer"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,13 @@ def seed_everything(seed: int, num_threads: int = 0, deterministic: bool = True)
     if num_threads:
         torch.set_num_threads(num_threads)
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+def stage_input_size(settings, stage_node=None) -> int:
+    """Input size of a stage: its own ``INPUT_SIZE`` if set, else ``INPUT_SIZE``, else
+    ``WORLD.IMAGE_SIZE``."""
+    own = stage_node.get("INPUT_SIZE", 0) if stage_node is not None else 0
+    return int(own or settings.INPUT_SIZE or settings.WORLD.IMAGE_SIZE)
 
 
 def stage_cfg(settings, stage_node, opts: Sequence = ()):
@@ -63,7 +70,7 @@ def stage_cfg(settings, stage_node, opts: Sequence = ()):
         if key in stage_node:
             solver += [value, stage_node[key]]
     grid = settings.WORLD.IMAGE_SIZE // 32  # res5 halves pooled regions to the attention grid
-    size = settings.INPUT_SIZE or settings.WORLD.IMAGE_SIZE
+    size = stage_input_size(settings, stage_node)
     world = ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.RES2_OUT_CHANNELS", 4 * settings.CLIP.WIDTH,
              "MODEL.CLIP.TEXT_EMB_DIM", settings.CLIP.EMBED_DIM,
              "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", 2 * grid,

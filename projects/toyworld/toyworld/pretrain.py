@@ -22,7 +22,14 @@ from detectron2.modeling import build_model
 from regionclip.checkpoint import read_torch_file
 from regionclip.engine.trainer import load_model_weights
 
-from .common import resize_scene, save_trained, stage_cfg, train_loop, write_json
+from .common import (
+    resize_scene,
+    save_trained,
+    stage_cfg,
+    stage_input_size,
+    train_loop,
+    write_json,
+)
 from .text import load_clip, text_embeddings
 from .train_clip import tokenize_captions
 
@@ -31,15 +38,38 @@ __all__ = ["pretrain_cfg", "pretrain_batches", "export_student_clip", "pretrain_
 logger = logging.getLogger(__name__)
 
 
+def offline_rpn_config(settings, rpn_config: str, out_dir: str) -> str:
+    """The stage-2 RPN's config for pretraining: itself when pretraining sees images at the RPN's
+    input size, else a copy in ``out_dir`` whose anchors are scaled as the objects are."""
+    from detectron2.config import get_cfg
+
+    from regionclip.config import add_regionclip_config
+    from regionclip.yaml_config import merge_config_file
+
+    scale = stage_input_size(settings, settings.PRETRAIN) / stage_input_size(settings)
+    if scale == 1:
+        return os.path.abspath(rpn_config)
+    cfg = get_cfg()
+    add_regionclip_config(cfg)
+    merge_config_file(cfg, rpn_config, "OFFLINE_RPN_CONFIG")
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[round(s * scale, 2) for s in sizes]
+                                        for sizes in cfg.MODEL.ANCHOR_GENERATOR.SIZES]
+    path = os.path.abspath(os.path.join(out_dir, "offline_rpn_config.yaml"))
+    with open(path, "w") as f:
+        f.write(cfg.dump())
+    return path
+
+
 def pretrain_cfg(settings, clip_paths: Dict[str, str], rpn_paths: Dict[str, str], pool: str,
                  clss_temp: float = None):
     """detectron2 config of RegionCLIP pretraining for this run."""
     arch = os.path.abspath(clip_paths["arch"])
+    rpn_config = offline_rpn_config(settings, rpn_paths["config"], os.path.dirname(pool))
     temp = [] if clss_temp is None else ["MODEL.CLIP.CLSS_TEMP", float(clss_temp)]
     return stage_cfg(settings, settings.PRETRAIN, temp + [
         "MODEL.CLIP.ARCH", arch, "MODEL.CLIP.TEACHER_ARCH", arch,
         "MODEL.WEIGHTS", os.path.abspath(clip_paths["weights"]),
-        "MODEL.CLIP.OFFLINE_RPN_CONFIG", os.path.abspath(rpn_paths["config"]),
+        "MODEL.CLIP.OFFLINE_RPN_CONFIG", rpn_config,
         "MODEL.CLIP.BB_RPN_WEIGHTS", os.path.abspath(rpn_paths["weights"]),
         "MODEL.CLIP.CONCEPT_POOL_EMB", os.path.abspath(pool)])
 

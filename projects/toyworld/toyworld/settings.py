@@ -87,6 +87,9 @@ def get_toyworld_cfg() -> CN:
         node.LR = lr
         node.OPTS = []  # more KEY VALUE overrides of the stage's detectron2 config
         setattr(c, stage, node)
+    # Input size of pretraining (stage 3; 0: INPUT_SIZE): image-caption pictures are upsampled to
+    # it, as the original's pretraining upsamples CC3M pictures to 800 pixels (docs/TOYWORLD.md)
+    c.PRETRAIN.INPUT_SIZE = 0
     c.TRANSFER.ORACLE = "student"  # init. of the oracle (boxes of all 12 categories); "": none
     c.EVAL = CN()
     c.EVAL.CONFIG = os.path.join("configs", "zeroshot.yaml")
@@ -134,9 +137,11 @@ def load_settings(size_or_file: str = "default", opts=()) -> CN:
     if cfg.WORLD.IMAGE_SIZE % 32:
         raise ValueError(f"{path}: WORLD.IMAGE_SIZE must be a multiple of 32 (CLIP's attention "
                          f"pool grid), got {cfg.WORLD.IMAGE_SIZE}")
-    if cfg.INPUT_SIZE and not cfg.WORLD.IMAGE_SIZE <= cfg.INPUT_SIZE <= 4 * cfg.WORLD.IMAGE_SIZE:
-        raise ValueError(f"{path}: INPUT_SIZE must be 0 or between WORLD.IMAGE_SIZE "
-                         f"({cfg.WORLD.IMAGE_SIZE}) and 4 times it, got {cfg.INPUT_SIZE}")
+    for key, size in (("INPUT_SIZE", cfg.INPUT_SIZE), ("PRETRAIN.INPUT_SIZE",
+                                                        cfg.PRETRAIN.INPUT_SIZE)):
+        if size and not cfg.WORLD.IMAGE_SIZE <= size <= 4 * cfg.WORLD.IMAGE_SIZE:
+            raise ValueError(f"{path}: {key} must be 0 or between WORLD.IMAGE_SIZE "
+                             f"({cfg.WORLD.IMAGE_SIZE}) and 4 times it, got {size}")
     if int(cfg.WORKERS) < 1:
         raise ValueError(f"{path}: WORKERS must be 1 or more processes, got {cfg.WORKERS}")
     if cfg.TRANSFER.ORACLE not in ("", "teacher", "student"):
