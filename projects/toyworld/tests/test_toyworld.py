@@ -140,7 +140,7 @@ def test_input_size_scales_the_rpn_anchors_and_every_stage_input():
 
 def test_pretrain_input_size_upsamples_pretraining_and_scales_its_rpn_anchors(tmp_path):
     from toyworld.common import stage_cfg
-    from toyworld.pretrain import offline_rpn_config
+    from toyworld.pretrain import offline_rpn_config, pretrain_cfg
     from toyworld.train_rpn import rpn_cfg
 
     same = _micro("INPUT_SIZE", "96")
@@ -153,6 +153,11 @@ def test_pretrain_input_size_upsamples_pretraining_and_scales_its_rpn_anchors(tm
     assert stage_cfg(bigger, bigger.TRANSFER).INPUT.MAX_SIZE_TRAIN == 96  # only stage 3
     scaled = offline_rpn_config(bigger, str(rpn_yaml), str(tmp_path))
     assert scaled != str(rpn_yaml)
+    # pretraining is wired to the scaled copy
+    pool = str(tmp_path / "concept_emb.pth")
+    cfg = pretrain_cfg(bigger, {"arch": "arch.json", "weights": "clip.pth"},
+                       {"config": str(rpn_yaml), "weights": "rpn.pth"}, pool)
+    assert cfg.MODEL.CLIP.OFFLINE_RPN_CONFIG == scaled
     from detectron2.config import get_cfg
 
     from regionclip.config import add_regionclip_config

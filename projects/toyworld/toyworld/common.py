@@ -23,9 +23,9 @@ from regionclip.yaml_config import merge_config_file
 
 from .settings import resolve_path
 
-__all__ = ["seed_everything", "stage_input_size", "stage_cfg", "teacher_temperature",
-           "build_adamw", "train_loop", "save_trained", "resize_scene", "detection_inputs",
-           "detection_batches", "write_json", "read_json", "Timer"]
+__all__ = ["seed_everything", "stage_input_size", "scale_anchors", "stage_cfg",
+           "teacher_temperature", "build_adamw", "train_loop", "save_trained", "resize_scene",
+           "detection_inputs", "detection_batches", "write_json", "read_json", "Timer"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,14 @@ def stage_input_size(settings, stage_node=None) -> int:
     ``WORLD.IMAGE_SIZE``."""
     own = stage_node.get("INPUT_SIZE", 0) if stage_node is not None else 0
     return int(own or settings.INPUT_SIZE or settings.WORLD.IMAGE_SIZE)
+
+
+def scale_anchors(cfg, scale: float):
+    """Multiply the anchor sizes of a detectron2 config by ``scale`` (objects drawn ``scale``
+    times larger); returns ``cfg``."""
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[round(s * scale, 2) for s in sizes]
+                                        for sizes in cfg.MODEL.ANCHOR_GENERATOR.SIZES]
+    return cfg
 
 
 def stage_cfg(settings, stage_node, opts: Sequence = ()):

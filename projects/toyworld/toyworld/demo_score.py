@@ -9,19 +9,10 @@ objects found, precision the share of the detections that found one; both are gi
 from typing import Dict, List, Sequence
 
 import numpy as np
+import torch
+from detectron2.structures import Boxes, pairwise_iou
 
 __all__ = ["score_detections", "score_table"]
-
-
-def _iou(box: Sequence[float], boxes: np.ndarray) -> np.ndarray:
-    x0 = np.maximum(box[0], boxes[:, 0])
-    y0 = np.maximum(box[1], boxes[:, 1])
-    x1 = np.minimum(box[2], boxes[:, 2])
-    y1 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-9)
 
 
 def score_detections(detections: List[List[dict]], objects: List[List[dict]],
@@ -55,7 +46,9 @@ def score_detections(detections: List[List[dict]], objects: List[List[dict]],
         for d in sorted(dets, key=lambda d: -d["score"]):
             add(d["label"], "detections")
             same = np.array([n == d["label"] for n in names], dtype=bool)
-            overlap = np.where(same & ~found, _iou(d["box"], boxes), -1.0) if len(objs) else []
+            iou_d = pairwise_iou(Boxes(torch.tensor([d["box"]], dtype=torch.float64)),
+                                 Boxes(torch.from_numpy(boxes)))[0].numpy()
+            overlap = np.where(same & ~found, iou_d, -1.0) if len(objs) else []
             if len(objs) and overlap.max() >= iou:
                 found[int(overlap.argmax())] = True
                 add(d["label"], "correct")

@@ -25,6 +25,7 @@ from regionclip.engine.trainer import load_model_weights
 from .common import (
     resize_scene,
     save_trained,
+    scale_anchors,
     stage_cfg,
     stage_input_size,
     train_loop,
@@ -52,8 +53,7 @@ def offline_rpn_config(settings, rpn_config: str, out_dir: str) -> str:
     cfg = get_cfg()
     add_regionclip_config(cfg)
     merge_config_file(cfg, rpn_config, "OFFLINE_RPN_CONFIG")
-    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[round(s * scale, 2) for s in sizes]
-                                        for sizes in cfg.MODEL.ANCHOR_GENERATOR.SIZES]
+    scale_anchors(cfg, scale)
     path = os.path.abspath(os.path.join(out_dir, "offline_rpn_config.yaml"))
     with open(path, "w") as f:
         f.write(cfg.dump())

@@ -20,7 +20,9 @@ from .common import (
     detection_batches,
     detection_inputs,
     save_trained,
+    scale_anchors,
     stage_cfg,
+    stage_input_size,
     train_loop,
     write_json,
 )
@@ -37,10 +39,7 @@ def rpn_cfg(settings, arch: str, weights: str = ""):
     are scaled by ``INPUT_SIZE / WORLD.IMAGE_SIZE``, as the objects are.
     """
     cfg = stage_cfg(settings, settings.RPN, ["MODEL.CLIP.ARCH", arch, "MODEL.WEIGHTS", weights])
-    scale = (settings.INPUT_SIZE or settings.WORLD.IMAGE_SIZE) / settings.WORLD.IMAGE_SIZE
-    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[round(s * scale, 2) for s in sizes]
-                                        for sizes in cfg.MODEL.ANCHOR_GENERATOR.SIZES]
-    return cfg
+    return scale_anchors(cfg, stage_input_size(settings) / settings.WORLD.IMAGE_SIZE)
 
 
 @torch.no_grad()
