@@ -597,7 +597,7 @@ def _without(args, flag):
 
 
 @pytest.mark.skipif(not os.environ.get("REGIONCLIP_TOYWORLD_FULL"),
-                    reason="reruns `make toyworld` (about 20 minutes on a quiet machine); "
+                    reason="reruns `make toyworld` (about 13 minutes on a quiet machine); "
                     "set REGIONCLIP_TOYWORLD_FULL=1")
 def test_committed_table_is_reproduced_by_its_command(tmp_path):
     from toyworld.report import MARK_BEGIN
