@@ -5,7 +5,7 @@
 #   make test      install if needed, then run the test suite
 #   make test-gpu  on a GPU machine (< 5 min): the gpu-marked tests and the GPU benchmark, report
 #                  in GPU_REPORT (default output/gpu/report.md); without a GPU: says so, fails
-#   make toyworld  RegionCLIP end to end on a generated world (~20 min on 2 cores): results
+#   make toyworld  RegionCLIP end to end on a generated world (~13 min on 2 cores): results
 #                  table in docs/TOYWORLD.md, detector package in projects/toyworld/weights;
 #                  VOCAB and IMAGES set the picture grid of stage 6 (FORCE=1 reruns everything)
 #   make demo      detect a vocabulary with the shipped toy detector (under a minute);

@@ -604,8 +604,8 @@ def test_committed_table_is_reproduced_by_its_command(tmp_path):
 
     text = open(os.path.join(REPO, "docs", "TOYWORLD.md")).read().split(MARK_BEGIN)[1]
     command = re.search(r"Made by:\n\n```\n(.*?)\n```", text).group(1).split()
-    rows = _ROW.findall(text)
-    assert command[:2] == ["python", "tools/toyworld.py"] and len(rows) == 6
+    rows = _ROW.findall(text)  # 4 zero-shot rows, 3 transfer rows (teacher, student, oracle)
+    assert command[:2] == ["python", "tools/toyworld.py"] and len(rows) == 7
     args = _without(_without(command[2:], "--ship-weights"), "--doc")
     out = str(tmp_path / "run")
     args[args.index("--output") + 1] = out
