@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from detectron2.modeling import build_model
 
-from regionclip.checkpoint import read_torch_file
+from regionclip.checkpoint import load_offline_rpn_weights, read_torch_file
 from regionclip.engine.trainer import load_model_weights
 
 from .common import (
@@ -31,6 +31,7 @@ from .common import (
     train_loop,
     write_json,
 )
+from .crop_teacher import CropTeacherPretrainFastRCNN
 from .text import load_clip, text_embeddings
 from .train_clip import tokenize_captions
 
@@ -66,12 +67,24 @@ def pretrain_cfg(settings, clip_paths: Dict[str, str], rpn_paths: Dict[str, str]
     arch = os.path.abspath(clip_paths["arch"])
     rpn_config = offline_rpn_config(settings, rpn_paths["config"], os.path.dirname(pool))
     temp = [] if clss_temp is None else ["MODEL.CLIP.CLSS_TEMP", float(clss_temp)]
+    if settings.PRETRAIN.TEACHER_CROPS:  # outside the original method: a control (crop_teacher)
+        temp += ["MODEL.META_ARCHITECTURE", CropTeacherPretrainFastRCNN.__name__]
     return stage_cfg(settings, settings.PRETRAIN, temp + [
         "MODEL.CLIP.ARCH", arch, "MODEL.CLIP.TEACHER_ARCH", arch,
         "MODEL.WEIGHTS", os.path.abspath(clip_paths["weights"]),
         "MODEL.CLIP.OFFLINE_RPN_CONFIG", rpn_config,
         "MODEL.CLIP.BB_RPN_WEIGHTS", os.path.abspath(rpn_paths["weights"]),
         "MODEL.CLIP.CONCEPT_POOL_EMB", os.path.abspath(pool)])
+
+
+def build_pretrain_model(cfg):
+    """The pretraining model of ``cfg`` with its weights: student and teacher from
+    ``MODEL.WEIGHTS``, the offline RPN from ``MODEL.CLIP.BB_RPN_WEIGHTS``."""
+    model = build_model(cfg)
+    load_model_weights(cfg, model)
+    if isinstance(model, CropTeacherPretrainFastRCNN):  # not a meta-architecture of the original
+        load_offline_rpn_weights(model, cfg.MODEL.CLIP.BB_RPN_WEIGHTS)
+    return model
 
 
 def pretrain_batches(images: np.ndarray, tokens: torch.Tensor, batch_size: int,
@@ -139,8 +152,7 @@ def pretrain_student(settings, world, clip_paths: Dict[str, str], rpn_paths: Dic
         f.write("".join(f"{c}\n" for c in concepts))
     cfg = pretrain_cfg(settings, clip_paths, rpn_paths, pool, clss_temp)
     torch.manual_seed(settings.SEED)
-    model = build_model(cfg)
-    load_model_weights(cfg, model)
+    model = build_pretrain_model(cfg)
     images = world.images("captions")
     tokens = tokenize_captions(world.captions("captions"))
     batches = pretrain_batches(images, tokens, cfg.SOLVER.IMS_PER_BATCH, settings.SEED,

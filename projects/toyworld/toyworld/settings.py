@@ -90,6 +90,9 @@ def get_toyworld_cfg() -> CN:
     # Input size of pretraining (stage 3; 0: INPUT_SIZE): image-caption pictures are upsampled to
     # it, as the original's pretraining upsamples CC3M pictures to 800 pixels (docs/TOYWORLD.md)
     c.PRETRAIN.INPUT_SIZE = 0
+    # A control outside the original method: the teacher labels regions from their crops
+    # (toyworld.crop_teacher), not from its feature map of the picture (docs/TOYWORLD.md)
+    c.PRETRAIN.TEACHER_CROPS = False
     c.TRANSFER.ORACLE = "student"  # init. of the oracle (boxes of all 12 categories); "": none
     c.EVAL = CN()
     c.EVAL.CONFIG = os.path.join("configs", "zeroshot.yaml")

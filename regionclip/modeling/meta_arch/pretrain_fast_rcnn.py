@@ -410,6 +410,13 @@ class PretrainFastRCNN(OfflineRPNMixin, nn.Module):
         with torch.no_grad():
             return self.lang_encoder.encode_text(tokens, only_eot=True)
 
+    def teacher_region_embeddings(self, images: ImageList, proposals: List[Instances]):
+        """The frozen teacher's (sum R_i, D) embeddings of ``proposals``, pooled from its feature
+        map of the same images as the student's (the original's pseudo-labelling input).
+        Subclasses may override it to study other teachers' views of the regions."""
+        features = self.teacher_backbone(images.tensor)
+        return self.teacher_roi_heads(images, features, proposals)
+
     def region_concept_losses(self, images, proposals, region_emb):
         """``loss_region_distill`` and ``loss_concept_contrastive`` from teacher pseudo labels."""
         if region_emb.shape[0] == 0:
@@ -417,8 +424,7 @@ class PretrainFastRCNN(OfflineRPNMixin, nn.Module):
             zero = region_emb.sum() * 0.0
             return {"loss_region_distill": zero, "loss_concept_contrastive": zero}
         with torch.no_grad():
-            features = self.teacher_backbone(images.tensor)
-            teacher_emb = self.teacher_roi_heads(images, features, proposals)
+            teacher_emb = self.teacher_region_embeddings(images, proposals)
             keep, labels, q = teacher_pseudo_labels(teacher_emb, self.teacher_concept_emb,
                                                     self.concept_thres, self.teacher_temp)
         kept = region_emb[keep]

@@ -1,0 +1,63 @@
+"""A control experiment outside the original method: pseudo labels from the teacher's crops.
+
+The original labels each region with the teacher's embedding of that region pooled from its
+feature map of the whole picture (RoIAlign), the picture the student sees too. In the toy world
+those labels are exactly as good as the teacher's RoI recognition, and the student does not
+surpass its teacher (docs/TOYWORLD.md). :class:`CropTeacherPretrainFastRCNN` changes only that
+input: the teacher embeds each region cut out of the picture (with 10 % context on each side)
+and resized to its own input size, as CLIP classifies crops in the paper's Fig. 1. Everything
+else (regions, losses, student, concept pool) is :class:`~regionclip.PretrainFastRCNN`'s.
+Selected by ``PRETRAIN.TEACHER_CROPS``; never the default.
+"""
+from typing import List
+
+import torch
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.structures import ImageList, Instances
+from torchvision.ops import roi_align
+
+from regionclip.modeling.meta_arch.pretrain_fast_rcnn import PretrainFastRCNN
+
+__all__ = ["CropTeacherPretrainFastRCNN", "CROP_CONTEXT", "crop_regions"]
+
+CROP_CONTEXT = 1.2  # as the region stage's crop accuracy (analysis.CROP_CONTEXT)
+
+
+def crop_regions(images: torch.Tensor, boxes: List[torch.Tensor], size: int,
+                 context: float = CROP_CONTEXT) -> torch.Tensor:
+    """Cut boxes out of a batch of (normalised) images and resize them to ``size`` x ``size``.
+
+    Args:
+        images (Tensor): (N, C, H, W) images.
+        boxes (list[Tensor]): per image, (R_i, 4) XYXY boxes in pixels of ``images``.
+        size (int): output side.
+        context (float): boxes are scaled by this factor about their centre, then clipped to
+            the image.
+
+    Returns:
+        Tensor: (sum R_i, C, size, size) crops, resized bilinearly (RoIAlign, one sample per
+        output pixel at its centre).
+    """
+    height, width = images.shape[-2:]
+    scaled = []
+    for b in boxes:
+        centre = (b[:, :2] + b[:, 2:]) / 2
+        half = (b[:, 2:] - b[:, :2]) * (context / 2)
+        box = torch.cat([centre - half, centre + half], dim=1)
+        box[:, 0::2] = box[:, 0::2].clamp(0, width)
+        box[:, 1::2] = box[:, 1::2].clamp(0, height)
+        scaled.append(box.to(images.dtype))
+    return roi_align(images, scaled, output_size=(size, size), spatial_scale=1.0,
+                     sampling_ratio=1, aligned=True)
+
+
+@META_ARCH_REGISTRY.register()
+class CropTeacherPretrainFastRCNN(PretrainFastRCNN):
+    """:class:`~regionclip.PretrainFastRCNN` whose teacher labels regions from their crops."""
+
+    def teacher_region_embeddings(self, images: ImageList, proposals: List[Instances]):
+        backbone = self.teacher_backbone
+        crops = crop_regions(images.tensor, [p.proposal_boxes.tensor for p in proposals],
+                             backbone.config.image_size)
+        res5 = backbone.forward_features(crops, ("res5",))["res5"]
+        return backbone.attnpool(res5)
