@@ -3,10 +3,12 @@ labels computed from crops instead of its feature map."""
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.structures import Boxes, ImageList, Instances
+from toyworld.analysis import CROP_CONTEXT, pseudo_label_accuracy
 from toyworld.crop_teacher import CropTeacherPretrainFastRCNN, crop_regions
 from toyworld.pipeline import run_pipeline, stage_paths
 from toyworld.pretrain import build_pretrain_model, pretrain_cfg
@@ -110,3 +112,40 @@ def test_crop_teacher_pretraining_trains_the_student(crop_run):
     changed = [k for k in teacher if k.startswith("visual.layer4")
                and not torch.equal(teacher[k], student[k])]
     assert changed  # the student learned from the crop teacher's labels
+
+
+class _FakeWorld:
+    class_names = ["circle", "star"]
+    base_classes = ["circle"]
+
+    def images(self, split):
+        return np.zeros((1, 8, 8, 3), dtype=np.uint8)
+
+    def boxes(self, split):
+        return [{"boxes": [[0.0, 0.0, 4.0, 4.0]], "classes": [1]}]  # one star
+
+
+class _FakeDetector:
+    """RoI embeddings say "circle", crop embeddings "star"; records the crops' context."""
+
+    def __init__(self):
+        self.contexts = []
+
+    def encode_regions(self, image, boxes):
+        return torch.tensor([[1.0, 0.0]]).repeat(len(boxes), 1)
+
+    def encode_crops(self, image, boxes, context=1.0):
+        self.contexts.append(context)
+        return torch.tensor([[0.0, 1.0]]).repeat(len(boxes), 1)
+
+
+def test_pseudo_label_accuracy_of_the_crop_control_labels_from_crops():
+    rc, pool = _FakeDetector(), torch.eye(2)
+    proposals = [torch.tensor([[0.0, 0.0, 4.0, 4.0], [0.5, 0.0, 4.0, 4.0], [5.0, 5.0, 8.0, 8.0]])]
+    roi = pseudo_label_accuracy(rc, _FakeWorld(), ["circle", "star"], pool, proposals)
+    crop = pseudo_label_accuracy(rc, _FakeWorld(), ["circle", "star"], pool, proposals,
+                                 crops=True)
+    assert roi["regions"] == crop["regions"] == 2  # the third proposal misses the star
+    assert roi["correct"] == 0.0 and roi["most_common"] == "circle"
+    assert crop["correct"] == 1.0 and crop["correct_novel"] == 1.0
+    assert rc.contexts == [CROP_CONTEXT]

@@ -84,9 +84,11 @@ def region_accuracy(rc, world, text_emb: str) -> Dict[str, dict]:
 
 @torch.no_grad()
 def pseudo_label_accuracy(rc, world, concepts: List[str], pool: torch.Tensor,
-                          proposals: List[torch.Tensor]) -> Dict[str, float]:
+                          proposals: List[torch.Tensor], crops: bool = False) -> Dict[str, float]:
     """How often the teacher's pseudo concept of a proposal matching a GT box names its shape
-    (``rc``: the teacher's detector, whose region embeddings label the proposals)."""
+    (``rc``: the teacher's detector, whose region embeddings label the proposals; with
+    ``crops``, its embeddings of the proposals cut out with ``CROP_CONTEXT``, as the
+    ``PRETRAIN.TEACHER_CROPS`` control labels them)."""
     from detectron2.structures import Boxes, pairwise_iou
 
     images, gt = world.images("test"), world.boxes("test_all")
@@ -98,7 +100,9 @@ def pseudo_label_accuracy(rc, world, concepts: List[str], pool: torch.Tensor,
         best, idx = iou.max(dim=1)
         keep = best >= 0.5
         if keep.any():
-            embeddings.append(rc.encode_regions(images[i], props[keep].numpy()))
+            boxes = props[keep].numpy()
+            embeddings.append(rc.encode_crops(images[i], boxes, context=CROP_CONTEXT) if crops
+                              else rc.encode_regions(images[i], boxes))
             labels += [int(g["classes"][k]) for k in idx[keep]]
     emb = F.normalize(torch.cat(embeddings).float(), dim=-1)
     picks = (emb @ F.normalize(pool, dim=-1).t()).argmax(1)
@@ -153,6 +157,9 @@ def analyze(out: str, settings) -> dict:
     pool = torch.load(os.path.join(out, "pretrain", "concept_emb.pth"))
     result["teacher_pseudo_labels"] = pseudo_label_accuracy(detectors["teacher"], world,
                                                             concepts, pool, proposals)
+    if settings.PRETRAIN.TEACHER_CROPS:  # the labels the control's student learned from
+        result["teacher_crop_pseudo_labels"] = pseudo_label_accuracy(
+            detectors["teacher"], world, concepts, pool, proposals, crops=True)
     os.makedirs(os.path.join(out, "regions"), exist_ok=True)
     write_json(os.path.join(out, "regions", "results.json"), result)
     return result

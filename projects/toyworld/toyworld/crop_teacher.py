@@ -18,9 +18,9 @@ from torchvision.ops import roi_align
 
 from regionclip.modeling.meta_arch.pretrain_fast_rcnn import PretrainFastRCNN
 
-__all__ = ["CropTeacherPretrainFastRCNN", "CROP_CONTEXT", "crop_regions"]
+from .analysis import CROP_CONTEXT  # the region stage's crops: 10 % context on each side
 
-CROP_CONTEXT = 1.2  # as the region stage's crop accuracy (analysis.CROP_CONTEXT)
+__all__ = ["CropTeacherPretrainFastRCNN", "crop_regions"]
 
 
 def crop_regions(images: torch.Tensor, boxes: List[torch.Tensor], size: int,
