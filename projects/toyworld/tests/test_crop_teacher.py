@@ -45,6 +45,10 @@ def test_crop_regions_cuts_the_box_pixels():
     assert torch.equal(out[0, 0, 0], torch.tensor([0.0, 1.0]))
     assert torch.equal(out[1, 0, 0], torch.tensor([108.0, 109.0]))
     assert torch.equal(out[1, 1, :, 0], torch.tensor([110.0, 111.0]))
+    # in a padded batch, boxes are clipped to their own image (here 6 x 5 of the 12 x 10)
+    own = crop_regions(image, [torch.tensor([[3.0, 3.0, 7.0, 7.0]])], 2, context=1.0,
+                       image_sizes=[(6, 5)])
+    assert torch.equal(own[0, 0, 0], torch.tensor([3.0, 4.0]))  # columns 3..4 of [3, 5)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ and resized to its own input size, as CLIP classifies crops in the paper's Fig. 
 else (regions, losses, student, concept pool) is :class:`~regionclip.PretrainFastRCNN`'s.
 Selected by ``PRETRAIN.TEACHER_CROPS``; never the default.
 """
-from typing import List
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.modeling import META_ARCH_REGISTRY
@@ -24,7 +24,8 @@ __all__ = ["CropTeacherPretrainFastRCNN", "crop_regions"]
 
 
 def crop_regions(images: torch.Tensor, boxes: List[torch.Tensor], size: int,
-                 context: float = CROP_CONTEXT) -> torch.Tensor:
+                 context: float = CROP_CONTEXT,
+                 image_sizes: Optional[Sequence[Tuple[int, int]]] = None) -> torch.Tensor:
     """Cut boxes out of a batch of (normalised) images and resize them to ``size`` x ``size``.
 
     Args:
@@ -33,14 +34,16 @@ def crop_regions(images: torch.Tensor, boxes: List[torch.Tensor], size: int,
         size (int): output side.
         context (float): boxes are scaled by this factor about their centre, then clipped to
             the image.
+        image_sizes (list[(int, int)]): (height, width) of each image inside a padded batch
+            (default: the whole tensor).
 
     Returns:
         Tensor: (sum R_i, C, size, size) crops, resized bilinearly (RoIAlign, one sample per
         output pixel at its centre).
     """
-    height, width = images.shape[-2:]
+    sizes = image_sizes or [tuple(images.shape[-2:])] * len(boxes)
     scaled = []
-    for b in boxes:
+    for b, (height, width) in zip(boxes, sizes):
         centre = (b[:, :2] + b[:, 2:]) / 2
         half = (b[:, 2:] - b[:, :2]) * (context / 2)
         box = torch.cat([centre - half, centre + half], dim=1)
@@ -58,6 +61,6 @@ class CropTeacherPretrainFastRCNN(PretrainFastRCNN):
     def teacher_region_embeddings(self, images: ImageList, proposals: List[Instances]):
         backbone = self.teacher_backbone
         crops = crop_regions(images.tensor, [p.proposal_boxes.tensor for p in proposals],
-                             backbone.config.image_size)
+                             backbone.config.image_size, image_sizes=images.image_sizes)
         res5 = backbone.forward_features(crops, ("res5",))["res5"]
         return backbone.attnpool(res5)
