@@ -17,7 +17,7 @@ from toyworld.train_clip import normalize
 from toyworld.world import World
 
 from regionclip.checkpoint import read_torch_file
-from regionclip.modeling.meta_arch.pretrain_fast_rcnn import PretrainFastRCNN
+from regionclip.modeling.meta_arch import PretrainFastRCNN
 
 
 def _ramps(height=12, width=10):

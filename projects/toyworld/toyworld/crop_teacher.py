@@ -6,7 +6,8 @@ those labels are exactly as good as the teacher's RoI recognition, and the stude
 surpass its teacher (docs/TOYWORLD.md). :class:`CropTeacherPretrainFastRCNN` changes only that
 input: the teacher embeds each region cut out of the picture (with 10 % context on each side)
 and resized to its own input size, as CLIP classifies crops in the paper's Fig. 1. Everything
-else (regions, losses, student, concept pool) is :class:`~regionclip.PretrainFastRCNN`'s.
+else (regions, losses, student, concept pool) is
+:class:`~regionclip.modeling.meta_arch.PretrainFastRCNN`'s.
 Selected by ``PRETRAIN.TEACHER_CROPS``; never the default.
 """
 from typing import List, Optional, Sequence, Tuple
@@ -16,7 +17,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList, Instances
 from torchvision.ops import roi_align
 
-from regionclip.modeling.meta_arch.pretrain_fast_rcnn import PretrainFastRCNN
+from regionclip.modeling.meta_arch import PretrainFastRCNN
 
 from .analysis import CROP_CONTEXT  # the region stage's crops: 10 % context on each side
 
@@ -56,7 +57,8 @@ def crop_regions(images: torch.Tensor, boxes: List[torch.Tensor], size: int,
 
 @META_ARCH_REGISTRY.register()
 class CropTeacherPretrainFastRCNN(PretrainFastRCNN):
-    """:class:`~regionclip.PretrainFastRCNN` whose teacher labels regions from their crops."""
+    """:class:`~regionclip.modeling.meta_arch.PretrainFastRCNN` whose teacher labels regions
+    from their crops."""
 
     def teacher_region_embeddings(self, images: ImageList, proposals: List[Instances]):
         backbone = self.teacher_backbone
