@@ -249,3 +249,31 @@ def test_second_checkpoint_needs_offline_branch(tmp_path):
     model.backbone = nn.Conv2d(1, 1, 1)
     with pytest.raises(ValueError, match="offline_backbone"):
         load_offline_rpn_weights(model, str(path))
+
+
+def test_model_weights_load_the_offline_rpn_of_any_model_built_with_one(tmp_path):
+    """The second checkpoint goes to every model with an offline branch, whatever its registered
+    name (a subclass of a RegionCLIP meta-architecture), and to no model without one."""
+    from regionclip.checkpoint import load_model_weights
+
+    rpn = {"backbone.conv.weight": torch.randn(4, 3, 3, 3),
+           "proposal_generator.objectness.weight": torch.randn(1, 4, 1, 1),
+           "proposal_generator.objectness.bias": torch.randn(1)}
+    torch.save({"model": rpn}, tmp_path / "rpn.pth")
+    cfg = get_cfg()
+    add_regionclip_config(cfg)
+    cfg.merge_from_list(["MODEL.META_ARCHITECTURE", "MyRegionCLIPVariant", "MODEL.WEIGHTS", "",
+                         "MODEL.CLIP.CROP_REGION_TYPE", "RPN", "OUTPUT_DIR", str(tmp_path),
+                         "MODEL.CLIP.BB_RPN_WEIGHTS", str(tmp_path / "rpn.pth")])
+    model = TinyRPNModel()
+    load_model_weights(cfg, model)
+    torch.testing.assert_close(model.offline_backbone.conv.weight, rpn["backbone.conv.weight"])
+    torch.testing.assert_close(model.offline_proposal_generator.objectness.bias,
+                               rpn["proposal_generator.objectness.bias"])
+    # without an offline branch (e.g. ground-truth regions) the file is not read at all
+    bare = TinyRPNModel()
+    bare.offline_proposal_generator = None
+    before = bare.offline_backbone.conv.weight.clone()
+    cfg.merge_from_list(["MODEL.CLIP.BB_RPN_WEIGHTS", str(tmp_path / "missing.pth")])
+    load_model_weights(cfg, bare)
+    assert torch.equal(bare.offline_backbone.conv.weight, before)

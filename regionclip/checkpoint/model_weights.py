@@ -7,18 +7,19 @@ from regionclip.clip.model import split_clip_state_dict
 from .checkpointer import RegionCLIPCheckpointer, load_offline_rpn_weights
 from .io import extract_state_dict, read_torch_file
 
-__all__ = ["load_model_weights", "load_text_encoder_weights", "RPN_META_ARCHS"]
+__all__ = ["load_model_weights", "load_text_encoder_weights"]
 
 logger = logging.getLogger(__name__)
-
-RPN_META_ARCHS = ("CLIPFastRCNN", "PretrainFastRCNN")
 
 
 def load_model_weights(cfg, model, resume=False, checkpointer=None):
     """Load ``MODEL.WEIGHTS`` (or the last checkpoint when resuming), then ``BB_RPN_WEIGHTS``.
 
-    The second checkpoint initialises only the offline backbone and RPN (RPN-mode RegionCLIP
-    meta-architectures), as the original did in evaluation and in training.
+    The second checkpoint initialises only the offline backbone and RPN, as the original did in
+    evaluation and in training. The original decided by name (CLIPFastRCNN or PretrainFastRCNN
+    with ``CROP_REGION_TYPE`` "RPN": exactly the models built with an offline branch); here the
+    built model decides, so that a registered subclass under another name gets its offline RPN
+    too instead of keeping it random.
 
     Args:
         cfg: the model's config.
@@ -32,7 +33,7 @@ def load_model_weights(cfg, model, resume=False, checkpointer=None):
     """
     checkpointer = checkpointer or RegionCLIPCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
     ret = checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
-    if (cfg.MODEL.META_ARCHITECTURE in RPN_META_ARCHS and cfg.MODEL.CLIP.CROP_REGION_TYPE == "RPN"
+    if (getattr(model, "offline_proposal_generator", None) is not None
             and cfg.MODEL.CLIP.BB_RPN_WEIGHTS):
         load_offline_rpn_weights(model, cfg.MODEL.CLIP.BB_RPN_WEIGHTS)
     return ret

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from detectron2.modeling import build_model
 
-from regionclip.checkpoint import load_offline_rpn_weights, read_torch_file
+from regionclip.checkpoint import read_torch_file
 from regionclip.engine.trainer import load_model_weights
 
 from .common import (
@@ -82,8 +82,6 @@ def build_pretrain_model(cfg):
     ``MODEL.WEIGHTS``, the offline RPN from ``MODEL.CLIP.BB_RPN_WEIGHTS``."""
     model = build_model(cfg)
     load_model_weights(cfg, model)
-    if isinstance(model, CropTeacherPretrainFastRCNN):  # not a meta-architecture of the original
-        load_offline_rpn_weights(model, cfg.MODEL.CLIP.BB_RPN_WEIGHTS)
     return model
 
 
