@@ -87,8 +87,8 @@ def pseudo_label_accuracy(rc, world, concepts: List[str], pool: torch.Tensor,
                           proposals: List[torch.Tensor], crops: bool = False) -> Dict[str, float]:
     """How often the teacher's pseudo concept of a proposal matching a GT box names its shape
     (``rc``: the teacher's detector, whose region embeddings label the proposals; with
-    ``crops``, its embeddings of the proposals cut out with ``CROP_CONTEXT``, as the
-    ``PRETRAIN.TEACHER_CROPS`` control labels them)."""
+    ``crops``, its embeddings of the proposals cut out of the scene with ``CROP_CONTEXT`` by
+    ``encode_crops``: labels of the kind the ``PRETRAIN.TEACHER_CROPS`` control learns from)."""
     from detectron2.structures import Boxes, pairwise_iou
 
     images, gt = world.images("test"), world.boxes("test_all")
