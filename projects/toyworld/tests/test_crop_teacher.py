@@ -153,3 +153,37 @@ def test_pseudo_label_accuracy_of_the_crop_control_labels_from_crops():
     assert roi["correct"] == 0.0 and roi["most_common"] == "circle"
     assert crop["correct"] == 1.0 and crop["correct_novel"] == 1.0
     assert rc.contexts == [CROP_CONTEXT]
+
+
+class _ThreeObjectWorld(_FakeWorld):
+    """Two stars and a circle; the detector's label depends on where the box starts."""
+
+    def boxes(self, split):
+        return [{"boxes": [[0.0, 0.0, 4.0, 4.0], [10.0, 0.0, 14.0, 4.0], [20.0, 0.0, 24.0, 4.0]],
+                 "classes": [1, 1, 0]}]
+
+
+class _PlaceDetector:
+    """Says "star" for boxes starting at x < 0.3 or x >= 20, else "circle"."""
+
+    def encode_regions(self, image, boxes):
+        x = torch.as_tensor(boxes)[:, 0]
+        star = (x < 0.3) | (x >= 20)
+        return torch.stack([(~star).float(), star.float()], dim=1)
+
+
+def test_pseudo_label_consistency_known_answer():
+    # star 1: proposals at x 0.0, 0.2 (star), 0.4 (circle) -> majority right, mixed
+    # star 2: proposals at x 10.0, 10.2 (circle) -> none right
+    # circle: proposals at x 20.0, 20.2 (star) -> none right; its category's plurality is wrong
+    proposals = [torch.tensor([[x, 0.0, x + 4.0, 4.0]
+                               for x in (0.0, 0.2, 0.4, 10.0, 10.2, 20.0, 20.2)])]
+    result = pseudo_label_accuracy(_PlaceDetector(), _ThreeObjectWorld(), ["circle", "star"],
+                                   torch.eye(2), proposals)
+    assert result["regions"] == 7 and result["objects"] == 3
+    assert result["correct"] == pytest.approx(2 / 7)
+    assert result["object_majority_correct"] == pytest.approx(1 / 3)
+    assert result["objects_all_correct"] == 0.0
+    assert result["objects_none_correct"] == pytest.approx(2 / 3)
+    assert result["class_plurality"] == {"circle": ["star", 1.0], "star": ["circle", 0.6]}
+    assert result["classes_plurality_wrong"] == ["circle", "star"]

@@ -14,13 +14,17 @@ detector of that file (``CLIPFastRCNN``, GT regions) and the library's region cl
   CLIP knows about an object seen alone);
 * ``pseudo``: the teacher's pseudo label over the concept pool (argmax, as in pretraining) of the
   RPN proposals that overlap a ground-truth box (IoU >= 0.5) — is it the box's shape noun (or a
-  synonym)? This is the supervision the student's region losses get.
+  synonym)? This is the supervision the student's region losses get. Whether its errors are
+  noise that learning from many regions could average away is measured too: the share of
+  objects whose proposals' majority label is right, of objects with all / none of their
+  proposals right, and each category's most common pseudo concept.
 
 It is stage ``regions`` of the pipeline (``regions/results.json``); ``python tools/toyworld.py
 analyze --output DIR`` reruns it alone.
 """
 import os
 import tempfile
+from collections import Counter, defaultdict
 from typing import Dict, List
 
 import numpy as np
@@ -33,6 +37,8 @@ from .vocabulary import SHAPE_SYNONYMS
 __all__ = ["zero_shot_detector", "region_accuracy", "pseudo_label_accuracy", "analyze"]
 
 CROP_CONTEXT = 1.2  # crops keep 10 % context on each side
+# concept -> the category it names (None for the non-shape nouns of the pool)
+SHAPE_OF = {w: name for name, words in SHAPE_SYNONYMS.items() for w in words}
 
 
 def _accuracy(pred: torch.Tensor, labels: torch.Tensor, base: List[int]) -> Dict[str, float]:
@@ -92,7 +98,7 @@ def pseudo_label_accuracy(rc, world, concepts: List[str], pool: torch.Tensor,
     from detectron2.structures import Boxes, pairwise_iou
 
     images, gt = world.images("test"), world.boxes("test_all")
-    embeddings, labels = [], []
+    embeddings, labels, objects = [], [], []
     for i, (props, g) in enumerate(zip(proposals, gt)):
         if len(props) == 0 or len(g["boxes"]) == 0:
             continue
@@ -104,6 +110,7 @@ def pseudo_label_accuracy(rc, world, concepts: List[str], pool: torch.Tensor,
             embeddings.append(rc.encode_crops(images[i], boxes, context=CROP_CONTEXT) if crops
                               else rc.encode_regions(images[i], boxes))
             labels += [int(g["classes"][k]) for k in idx[keep]]
+            objects += [(i, int(k)) for k in idx[keep]]
     emb = F.normalize(torch.cat(embeddings).float(), dim=-1)
     picks = (emb @ F.normalize(pool, dim=-1).t()).argmax(1)
     names = world.class_names
@@ -116,7 +123,33 @@ def pseudo_label_accuracy(rc, world, concepts: List[str], pool: torch.Tensor,
             "most_common_share": float(counts.max()) / len(picks),
             "correct_base": float(np.mean([r for r, b in zip(right, is_base) if b])),
             "correct_novel": float(np.mean([r for r, b in zip(right, is_base) if not b])),
-            "any_shape_noun": float(np.mean([concepts[int(p)] in shape_words for p in picks]))}
+            "any_shape_noun": float(np.mean([concepts[int(p)] in shape_words for p in picks])),
+            **_consistency([concepts[int(p)] for p in picks], [names[c] for c in labels], objects)}
+
+
+def _consistency(picked: List[str], classes: List[str], objects: list) -> dict:
+    """Are the wrong pseudo labels noise across an object's proposals, or the object's own?
+    ``picked[j]``: the concept of proposal j, ``classes[j]`` the name of the object it
+    overlaps, ``objects[j]`` that object's id."""
+    by_object, by_class = defaultdict(list), defaultdict(Counter)
+    for concept, name, obj in zip(picked, classes, objects):
+        by_object[obj, name].append(concept)
+        by_class[name][concept] += 1
+    majority, share = [], []
+    for (_, name), concepts in by_object.items():
+        share.append(np.mean([SHAPE_OF.get(c) == name for c in concepts]))
+        top = Counter(concepts).most_common(1)[0][0]  # ties: the first seen
+        majority.append(SHAPE_OF.get(top) == name)
+    plurality = {}
+    for name, counts in sorted(by_class.items()):
+        concept, n = counts.most_common(1)[0]
+        plurality[name] = [concept, n / sum(counts.values())]
+    return {"objects": len(by_object), "object_majority_correct": float(np.mean(majority)),
+            "objects_all_correct": float(np.mean([s == 1 for s in share])),
+            "objects_none_correct": float(np.mean([s == 0 for s in share])),
+            "class_plurality": plurality,
+            "classes_plurality_wrong": [name for name, (concept, _) in plurality.items()
+                                        if SHAPE_OF.get(concept) != name]}
 
 
 def analyze(out: str, settings) -> dict:

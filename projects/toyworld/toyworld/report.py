@@ -63,6 +63,15 @@ def _regions_markdown(out: str, names: Dict[str, str]) -> list:
               f"the teacher (base {100 * pl['correct_base']:.1f}%, novel "
               f"{100 * pl['correct_novel']:.1f}%; most common concept '{pl['most_common']}', "
               f"{100 * pl['most_common_share']:.1f}%)."]
+    if "object_majority_correct" in pl:
+        wrong = ", ".join(f"{name} -> '{pl['class_plurality'][name][0]}'"
+                          for name in pl["classes_plurality_wrong"]) or "none"
+        lines += ["", "Their errors are the objects' own, not noise across proposals: the "
+                  f"majority label of an object's proposals is right for "
+                  f"{100 * pl['object_majority_correct']:.1f}% of the {pl['objects']} objects; "
+                  f"{100 * pl['objects_all_correct']:.1f}% get the right shape from all their "
+                  f"proposals, {100 * pl['objects_none_correct']:.1f}% from none; categories "
+                  f"whose most common pseudo concept names another shape: {wrong}."]
     return lines
 
 
