@@ -1,19 +1,23 @@
-"""The crop-teacher control (toyworld.crop_teacher): crops cut exactly, and the teacher's pseudo
-labels computed from crops instead of its feature map."""
+"""The controls of the pseudo labels: the crop teacher (toyworld.crop_teacher: crops cut exactly,
+the teacher's labels computed from crops instead of its feature map) and the true labels
+(toyworld.true_labels: regions on objects get their object's concept)."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.structures import Boxes, ImageList, Instances
+from torchvision.ops import box_iou
 from toyworld.analysis import CROP_CONTEXT, pseudo_label_accuracy
 from toyworld.crop_teacher import CropTeacherPretrainFastRCNN, crop_regions
 from toyworld.pipeline import run_pipeline, stage_paths
-from toyworld.pretrain import build_pretrain_model, pretrain_cfg
+from toyworld.pretrain import build_pretrain_model, pretrain_batches, pretrain_cfg
 from toyworld.settings import load_settings
 from toyworld.train_clip import normalize
+from toyworld.true_labels import TrueLabelPretrainFastRCNN, label_targets, true_concepts
 from toyworld.world import World
 
 from regionclip.checkpoint import read_torch_file
@@ -187,3 +191,113 @@ def test_pseudo_label_consistency_known_answer():
     assert result["objects_none_correct"] == pytest.approx(2 / 3)
     assert result["class_plurality"] == {"circle": ["star", 1.0], "star": ["circle", 0.6]}
     assert result["classes_plurality_wrong"] == ["circle", "star"]
+
+
+# ---------------------------------------------------------------- the true-label control
+def test_true_concepts_known_answer():
+    regions = torch.tensor([[0.0, 0.0, 10.0, 10.0],     # object 0 itself (IoU 1)
+                            [20.0, 20.0, 30.0, 30.0],   # on object 1 (IoU 0.81)
+                            [0.0, 0.0, 5.0, 5.0],       # a quarter of object 0 (IoU 0.25)
+                            [0.0, 0.0, 10.0, 4.0],      # 40 % of object 0 (IoU 0.4)
+                            [0.0, 0.0, 10.0, 5.0]])     # half of object 0 (IoU 0.5: counts)
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [21.0, 21.0, 30.0, 30.0]])
+    concepts = torch.tensor([3, 7])
+    assert true_concepts(regions, boxes, concepts).tolist() == [3, 7, -1, -1, 3]
+    assert true_concepts(regions, boxes, concepts, iou=0.35).tolist() == [3, 7, -1, 3, 3]
+    assert true_concepts(regions, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)).tolist() \
+        == [-1] * 5
+
+
+def test_label_targets_scale_and_classes():
+    boxes = [{"boxes": np.array([[1.0, 2.0, 5.0, 6.0], [0.0, 0.0, 4.0, 4.0]], np.float32),
+              "classes": np.array([1, 0])}]
+    concepts = ["shape", "circle", "star", "grass"]
+    out = label_targets(boxes, ["circle", "star"], concepts, ["circle", "star"], scale=2.0)
+    assert out[0]["gt_boxes"].tolist() == [[2.0, 4.0, 10.0, 12.0], [0.0, 0.0, 8.0, 8.0]]
+    assert out[0]["gt_concepts"].tolist() == [2, 1]
+    base = label_targets(boxes, ["circle", "star"], concepts, ["circle"])
+    assert base[0]["gt_boxes"].tolist() == [[0.0, 0.0, 4.0, 4.0]]
+    assert base[0]["gt_concepts"].tolist() == [1]
+    with pytest.raises(ValueError, match=r"no concept \['star'\]"):
+        label_targets(boxes, ["circle", "star"], ["circle"], ["circle", "star"])
+
+
+def test_true_label_settings_are_checked():
+    with pytest.raises(ValueError, match="TRUE_LABELS must be"):
+        load_settings("micro", ["PRETRAIN.TRUE_LABELS", "novel"])
+    with pytest.raises(ValueError, match="choose one"):
+        load_settings("micro", ["PRETRAIN.TRUE_LABELS", "all", "PRETRAIN.TEACHER_CROPS", "True"])
+
+
+@pytest.mark.slow
+def test_true_label_model_replaces_the_labels_of_regions_on_objects(crop_run):
+    _, out = crop_run
+    settings = load_settings("micro", ["NUM_THREADS", "1", "PRETRAIN.TRUE_LABELS", "all"])
+    paths = stage_paths(out)
+    pool = os.path.join(out, "pretrain", "concept_emb.pth")
+    cfg = pretrain_cfg(settings, paths["clip"], paths["rpn"], pool)
+    assert cfg.MODEL.META_ARCHITECTURE == "TrueLabelPretrainFastRCNN"
+    model = build_pretrain_model(cfg).eval()
+    assert isinstance(model, TrueLabelPretrainFastRCNN)
+    world = World(os.path.join(out, "world"))
+    with open(os.path.join(out, "pretrain", "concepts.txt")) as f:
+        concepts = [line.strip() for line in f if line.strip()]
+    images = world.images("captions")
+    size = cfg.INPUT.MAX_SIZE_TRAIN
+    targets = label_targets(world.boxes("captions_all"), world.class_names, concepts,
+                            world.class_names, size / images.shape[1])
+    batch = next(pretrain_batches(images, torch.zeros(len(images), 1, 77, dtype=torch.long), 4,
+                                  0, size=size, targets=targets))
+    with torch.no_grad():
+        imgs = model.preprocess_image(batch)
+        proposals = model.get_region_proposals(batch, imgs)
+        # regions: each image's objects (exact boxes) and its RPN proposals
+        proposals = [Instances(p.image_size, proposal_boxes=Boxes(
+            torch.cat([x["gt_boxes"], p.proposal_boxes.tensor])), true_concept=torch.cat(
+            [x["gt_concepts"], p.true_concept])) for p, x in zip(proposals, batch)]
+        keep, labels, q = model.pseudo_labels(imgs, proposals)
+        t_keep, t_labels, t_q = PretrainFastRCNN.pseudo_labels(model, imgs, proposals)
+    true = torch.cat([p.true_concept for p in proposals])
+    # cross-check the matching with torchvision's IoU: regions on an object get its concept
+    for p, x in zip(proposals, batch):
+        iou = box_iou(p.proposal_boxes.tensor, x["gt_boxes"])
+        best, index = iou.max(dim=1)
+        expected = torch.where(best >= 0.5, x["gt_concepts"][index], -1)
+        assert torch.equal(p.true_concept, expected)
+    hit = true >= 0
+    assert hit.sum() >= sum(len(x["gt_boxes"]) for x in batch) > 0
+    position = {int(k): i for i, k in enumerate(keep)}
+    for r in range(len(true)):
+        if hit[r]:
+            i = position[r]
+            assert labels[i] == true[r] and q[i, true[r]] == 1.0 and q[i].sum() == 1.0
+    teacher_at = {int(k): i for i, k in enumerate(t_keep)}
+    for r in set(teacher_at) - set(int(k) for k in torch.nonzero(hit).flatten()):
+        assert labels[position[r]] == t_labels[teacher_at[r]]
+        assert torch.equal(q[position[r]], t_q[teacher_at[r]])
+    assert (~hit).any()  # some regions keep the teacher's labels
+    # negative control: the micro teacher is wrong on some object regions, so the control
+    # changes labels (the checks above could fail)
+    wrong = [r for r in teacher_at if hit[r] and t_labels[teacher_at[r]] != true[r]]
+    assert wrong
+    with pytest.raises(KeyError, match="gt_boxes"):
+        model.get_region_proposals([{k: v for k, v in batch[0].items() if k != "gt_boxes"}],
+                                   imgs)
+
+
+@pytest.mark.slow
+def test_true_label_pretraining_runs_from_the_pipeline(crop_run, tmp_path):
+    _, out = crop_run
+    run = str(tmp_path / "run")
+    os.makedirs(run)
+    for stage in ("world", "clip", "rpn"):
+        shutil.copytree(os.path.join(out, stage), os.path.join(run, stage))
+    settings = load_settings("micro", ["NUM_THREADS", "1", "PRETRAIN.TRUE_LABELS", "base"])
+    run_pipeline(settings, run, stages=["pretrain"], progress=False)
+    config = open(os.path.join(run, "pretrain", "config.yaml")).read()
+    assert "TrueLabelPretrainFastRCNN" in config
+    losses = json.load(open(os.path.join(run, "pretrain", "metrics.json")))["loss"]
+    assert all(np.isfinite(v) for step in losses for v in step.values())
+    crop = read_torch_file(os.path.join(out, "pretrain", "student_clip.pth"))
+    student = read_torch_file(os.path.join(run, "pretrain", "student_clip.pth"))
+    assert any(not torch.equal(crop[k], student[k]) for k in crop if k.startswith("visual.layer4"))

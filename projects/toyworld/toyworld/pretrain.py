@@ -13,7 +13,7 @@ tower in OpenAI's key format, loadable exactly like the teacher's ``clip.pth``.
 """
 import logging
 import os
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from .common import (
 from .crop_teacher import CropTeacherPretrainFastRCNN
 from .text import load_clip, text_embeddings
 from .train_clip import tokenize_captions
+from .true_labels import TrueLabelPretrainFastRCNN, label_targets
 
 __all__ = ["pretrain_cfg", "pretrain_batches", "export_student_clip", "pretrain_student"]
 
@@ -69,6 +70,8 @@ def pretrain_cfg(settings, clip_paths: Dict[str, str], rpn_paths: Dict[str, str]
     temp = [] if clss_temp is None else ["MODEL.CLIP.CLSS_TEMP", float(clss_temp)]
     if settings.PRETRAIN.TEACHER_CROPS:  # outside the original method: a control (crop_teacher)
         temp += ["MODEL.META_ARCHITECTURE", CropTeacherPretrainFastRCNN.__name__]
+    if settings.PRETRAIN.TRUE_LABELS:  # outside the original method: a control (true_labels)
+        temp += ["MODEL.META_ARCHITECTURE", TrueLabelPretrainFastRCNN.__name__]
     return stage_cfg(settings, settings.PRETRAIN, temp + [
         "MODEL.CLIP.ARCH", arch, "MODEL.CLIP.TEACHER_ARCH", arch,
         "MODEL.WEIGHTS", os.path.abspath(clip_paths["weights"]),
@@ -86,9 +89,11 @@ def build_pretrain_model(cfg):
 
 
 def pretrain_batches(images: np.ndarray, tokens: torch.Tensor, batch_size: int,
-                     seed: int, size: int = 0) -> Iterator[List[dict]]:
+                     seed: int, size: int = 0,
+                     targets: Optional[List[dict]] = None) -> Iterator[List[dict]]:
     """Endless shuffled batches ``[{"image": (3, H, W) in [0, 1], "captions": (n, 77)}, ...]``,
-    images resized to ``size`` (:func:`~.common.resize_scene`)."""
+    images resized to ``size`` (:func:`~.common.resize_scene`); ``targets`` (per image, a dict
+    of more entries, e.g. :func:`~.true_labels.label_targets`) are added to each input."""
     rng = np.random.default_rng(seed)
     n = len(images)
     if n < batch_size:
@@ -98,7 +103,8 @@ def pretrain_batches(images: np.ndarray, tokens: torch.Tensor, batch_size: int,
         for start in range(0, n - batch_size + 1, batch_size):
             yield [{"image": torch.from_numpy(resize_scene(images[i], size)[0].transpose(2, 0, 1)
                                               .copy()).float() / 255.0,
-                    "captions": tokens[i]} for i in order[start:start + batch_size]]
+                    "captions": tokens[i], **(targets[i] if targets else {})}
+                   for i in order[start:start + batch_size]]
 
 
 def export_student_clip(model, teacher_weights: str, path: str) -> str:
@@ -153,8 +159,15 @@ def pretrain_student(settings, world, clip_paths: Dict[str, str], rpn_paths: Dic
     model = build_pretrain_model(cfg)
     images = world.images("captions")
     tokens = tokenize_captions(world.captions("captions"))
+    targets = None
+    if settings.PRETRAIN.TRUE_LABELS:  # the control's right labels (toyworld.true_labels)
+        classes = (world.class_names if settings.PRETRAIN.TRUE_LABELS == "all"
+                   else world.base_classes)
+        scale = (cfg.INPUT.MAX_SIZE_TRAIN or images.shape[1]) / images.shape[1]
+        targets = label_targets(world.boxes("captions_all"), world.class_names, concepts,
+                                classes, scale)
     batches = pretrain_batches(images, tokens, cfg.SOLVER.IMS_PER_BATCH, settings.SEED,
-                               size=cfg.INPUT.MAX_SIZE_TRAIN)
+                               size=cfg.INPUT.MAX_SIZE_TRAIN, targets=targets)
     history = train_loop(model, cfg, batches, "stage 3: RegionCLIP pretraining", progress)
     model_path, config = save_trained(model, cfg, out_dir)
     weights = export_student_clip(model, clip_paths["weights"],

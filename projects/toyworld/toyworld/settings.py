@@ -93,6 +93,9 @@ def get_toyworld_cfg() -> CN:
     # A control outside the original method: the teacher labels regions from their crops
     # (toyworld.crop_teacher), not from its feature map of the picture (docs/TOYWORLD.md)
     c.PRETRAIN.TEACHER_CROPS = False
+    # A positive control outside the method: regions on objects get their object's concept
+    # (toyworld.true_labels): "" off, "all" every object, "base" base objects only
+    c.PRETRAIN.TRUE_LABELS = ""
     c.TRANSFER.ORACLE = "student"  # init. of the oracle (boxes of all 12 categories); "": none
     c.EVAL = CN()
     c.EVAL.CONFIG = os.path.join("configs", "zeroshot.yaml")
@@ -147,6 +150,12 @@ def load_settings(size_or_file: str = "default", opts=()) -> CN:
                              f"({cfg.WORLD.IMAGE_SIZE}) and 4 times it, got {size}")
     if int(cfg.WORKERS) < 1:
         raise ValueError(f"{path}: WORKERS must be 1 or more processes, got {cfg.WORKERS}")
+    if cfg.PRETRAIN.TRUE_LABELS not in ("", "all", "base"):
+        raise ValueError(f"{path}: PRETRAIN.TRUE_LABELS must be '', 'all' or 'base', got "
+                         f"{cfg.PRETRAIN.TRUE_LABELS!r}")
+    if cfg.PRETRAIN.TRUE_LABELS and cfg.PRETRAIN.TEACHER_CROPS:
+        raise ValueError(f"{path}: PRETRAIN.TRUE_LABELS and PRETRAIN.TEACHER_CROPS are two "
+                         "controls of the pseudo labels; choose one")
     if cfg.TRANSFER.ORACLE not in ("", "teacher", "student"):
         raise ValueError(f"{path}: TRANSFER.ORACLE must be '', 'teacher' or 'student', got "
                          f"{cfg.TRANSFER.ORACLE!r}")

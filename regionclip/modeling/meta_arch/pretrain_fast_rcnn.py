@@ -417,6 +417,14 @@ class PretrainFastRCNN(OfflineRPNMixin, nn.Module):
         features = self.teacher_backbone(images.tensor)
         return self.teacher_roi_heads(images, features, proposals)
 
+    def pseudo_labels(self, images: ImageList, proposals: List[Instances]):
+        """The teacher's pseudo labels of ``proposals``: kept region indices, their concept
+        labels and soft targets (:func:`~regionclip.modeling.losses.teacher_pseudo_labels`).
+        Subclasses may override it to study other labels of the same regions."""
+        teacher_emb = self.teacher_region_embeddings(images, proposals)
+        return teacher_pseudo_labels(teacher_emb, self.teacher_concept_emb, self.concept_thres,
+                                     self.teacher_temp)
+
     def region_concept_losses(self, images, proposals, region_emb):
         """``loss_region_distill`` and ``loss_concept_contrastive`` from teacher pseudo labels."""
         if region_emb.shape[0] == 0:
@@ -424,9 +432,7 @@ class PretrainFastRCNN(OfflineRPNMixin, nn.Module):
             zero = region_emb.sum() * 0.0
             return {"loss_region_distill": zero, "loss_concept_contrastive": zero}
         with torch.no_grad():
-            teacher_emb = self.teacher_region_embeddings(images, proposals)
-            keep, labels, q = teacher_pseudo_labels(teacher_emb, self.teacher_concept_emb,
-                                                    self.concept_thres, self.teacher_temp)
+            keep, labels, q = self.pseudo_labels(images, proposals)
         kept = region_emb[keep]
         return {
             "loss_region_distill": region_concept_distill_loss(
