@@ -64,15 +64,23 @@ def crop_run(tmp_path_factory):
     return settings, out
 
 
+def _control_model(settings, out, cls):
+    """The pretraining model of ``settings`` on the run ``out``'s teacher and RPN, checked to be
+    the control ``cls``; also returns the config."""
+    paths = stage_paths(out)
+    pool = os.path.join(out, "pretrain", "concept_emb.pth")
+    cfg = pretrain_cfg(settings, paths["clip"], paths["rpn"], pool)
+    assert cfg.MODEL.META_ARCHITECTURE == cls.__name__
+    model = build_pretrain_model(cfg).eval()
+    assert isinstance(model, cls)
+    return model, cfg
+
+
 @pytest.mark.slow
 def test_crop_teacher_labels_regions_from_crops(crop_run):
     settings, out = crop_run
     paths = stage_paths(out)
-    pool = os.path.join(out, "pretrain", "concept_emb.pth")
-    cfg = pretrain_cfg(settings, paths["clip"], paths["rpn"], pool)
-    assert cfg.MODEL.META_ARCHITECTURE == "CropTeacherPretrainFastRCNN"
-    model = build_pretrain_model(cfg).eval()
-    assert isinstance(model, CropTeacherPretrainFastRCNN)
+    model, _ = _control_model(settings, out, CropTeacherPretrainFastRCNN)
     # the offline RPN got its weights although the original's rule names its own meta-archs only
     rpn = read_torch_file(paths["rpn"]["weights"])
     rpn = rpn.get("model", rpn)
@@ -233,12 +241,7 @@ def test_true_label_settings_are_checked():
 def test_true_label_model_replaces_the_labels_of_regions_on_objects(crop_run):
     _, out = crop_run
     settings = load_settings("micro", ["NUM_THREADS", "1", "PRETRAIN.TRUE_LABELS", "all"])
-    paths = stage_paths(out)
-    pool = os.path.join(out, "pretrain", "concept_emb.pth")
-    cfg = pretrain_cfg(settings, paths["clip"], paths["rpn"], pool)
-    assert cfg.MODEL.META_ARCHITECTURE == "TrueLabelPretrainFastRCNN"
-    model = build_pretrain_model(cfg).eval()
-    assert isinstance(model, TrueLabelPretrainFastRCNN)
+    model, cfg = _control_model(settings, out, TrueLabelPretrainFastRCNN)
     world = World(os.path.join(out, "world"))
     with open(os.path.join(out, "pretrain", "concepts.txt")) as f:
         concepts = [line.strip() for line in f if line.strip()]
