@@ -34,9 +34,11 @@ import torch.nn.functional as F
 from .common import write_json
 from .vocabulary import SHAPE_SYNONYMS
 
-__all__ = ["zero_shot_detector", "region_accuracy", "pseudo_label_accuracy", "analyze"]
+__all__ = ["zero_shot_detector", "region_accuracy", "matched_objects", "pseudo_label_accuracy",
+           "analyze"]
 
 CROP_CONTEXT = 1.2  # crops keep 10 % context on each side
+MATCH_IOU = 0.5  # a region is on an object when it overlaps the object's box this much
 # concept -> the category it names (None for the non-shape nouns of the pool)
 SHAPE_OF = {w: name for name, words in SHAPE_SYNONYMS.items() for w in words}
 
@@ -89,22 +91,31 @@ def region_accuracy(rc, world, text_emb: str) -> Dict[str, dict]:
 
 
 @torch.no_grad()
+def matched_objects(regions: torch.Tensor, boxes: torch.Tensor, iou: float = MATCH_IOU):
+    """For each region, the index of the object box it overlaps most, -1 where the overlap is
+    below ``iou``: (R,) LongTensor (all -1 when there are no boxes)."""
+    from detectron2.structures import Boxes, pairwise_iou
+
+    out = torch.full((len(regions),), -1, dtype=torch.long, device=regions.device)
+    if len(boxes) == 0 or len(regions) == 0:
+        return out
+    best, index = pairwise_iou(Boxes(regions), Boxes(boxes.to(regions))).max(dim=1)
+    hit = best >= iou
+    out[hit] = index[hit]
+    return out
+
+
 def pseudo_label_accuracy(rc, world, concepts: List[str], pool: torch.Tensor,
                           proposals: List[torch.Tensor], crops: bool = False) -> Dict[str, float]:
     """How often the teacher's pseudo concept of a proposal matching a GT box names its shape
     (``rc``: the teacher's detector, whose region embeddings label the proposals; with
     ``crops``, its embeddings of the proposals cut out of the scene with ``CROP_CONTEXT`` by
     ``encode_crops``: labels of the kind the ``PRETRAIN.TEACHER_CROPS`` control learns from)."""
-    from detectron2.structures import Boxes, pairwise_iou
-
     images, gt = world.images("test"), world.boxes("test_all")
     embeddings, labels, objects = [], [], []
     for i, (props, g) in enumerate(zip(proposals, gt)):
-        if len(props) == 0 or len(g["boxes"]) == 0:
-            continue
-        iou = pairwise_iou(Boxes(props), Boxes(torch.as_tensor(g["boxes"])))
-        best, idx = iou.max(dim=1)
-        keep = best >= 0.5
+        idx = matched_objects(props, torch.as_tensor(g["boxes"]))
+        keep = idx >= 0
         if keep.any():
             boxes = props[keep].numpy()
             embeddings.append(rc.encode_crops(images[i], boxes, context=CROP_CONTEXT) if crops

@@ -20,19 +20,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
+from detectron2.structures import ImageList, Instances
 
 from regionclip.modeling.meta_arch import PretrainFastRCNN
 
-__all__ = ["TrueLabelPretrainFastRCNN", "true_concepts", "label_targets", "CHOICES"]
+from .analysis import MATCH_IOU, matched_objects
 
-CHOICES = ("", "all", "base")  # PRETRAIN.TRUE_LABELS: off, every object, base objects only
-IOU = 0.5  # a region names an object when it overlaps its box this much (as the analysis)
+__all__ = ["TrueLabelPretrainFastRCNN", "true_concepts", "label_targets"]
 
 
 def true_concepts(regions: torch.Tensor, boxes: torch.Tensor, concepts: torch.Tensor,
-                  iou: float = IOU) -> torch.Tensor:
-    """The concept of the object each region overlaps most, -1 where none reaches ``iou``.
+                  iou: float = MATCH_IOU) -> torch.Tensor:
+    """The concept of the object each region overlaps most, -1 where none reaches ``iou``
+    (the matching of the analysis, :func:`~.analysis.matched_objects`).
 
     Args:
         regions (Tensor): (R, 4) XYXY region boxes.
@@ -42,13 +42,10 @@ def true_concepts(regions: torch.Tensor, boxes: torch.Tensor, concepts: torch.Te
     Returns:
         LongTensor: (R,) concept indices or -1.
     """
-    out = torch.full((len(regions),), -1, dtype=torch.long, device=regions.device)
-    if len(boxes) == 0 or len(regions) == 0:
-        return out
-    overlap = pairwise_iou(Boxes(regions), Boxes(boxes.to(regions)))
-    best, index = overlap.max(dim=1)
-    hit = best >= iou
-    out[hit] = concepts.to(regions.device)[index[hit]]
+    index = matched_objects(regions, boxes, iou)
+    hit = index >= 0
+    out = torch.full_like(index, -1)
+    out[hit] = concepts.to(index.device)[index[hit]]
     return out
 
 
